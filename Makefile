@@ -1,0 +1,39 @@
+# survfed — one-command setup. Every target creates .venv on first use and installs
+# torch first, pinned, so pip never pulls a multi-GB CUDA build on a CPU-only machine.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_VERSION ?= 2.13.0
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.survfed-installed
+DEMO_OUT ?= demo-run
+
+.PHONY: setup demo test test-all lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION)
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/survfed demo --out $(DEMO_OUT)
+
+test: $(STAMP)
+	$(BIN)/ruff check survfed tests benchmarks
+	$(BIN)/python -m pytest -n 2 -m "not gpu"
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest -n 2
+
+lint: $(STAMP)
+	$(BIN)/ruff check survfed tests benchmarks
+	$(BIN)/ruff format --check survfed tests benchmarks
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/dicom_read.py
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache build *.egg-info

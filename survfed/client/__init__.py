@@ -1,0 +1,1 @@
+"""The hospital site: data catalogue, caching, ClientApp handlers, ``survfed-client``."""

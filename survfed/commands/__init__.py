@@ -1,0 +1,13 @@
+"""Sub-commands of the ``survfed`` CLI, one module each; ``register_all`` wires them."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register_all(sub: argparse._SubParsersAction) -> None:
+    """Add every available sub-command to ``sub``."""
+    from survfed.commands import inspect_site, make_cohort
+
+    for module in (make_cohort, inspect_site):
+        module.register(sub)

@@ -1,0 +1,1 @@
+"""Everything both the sites and the coordinator need, and no Flower."""

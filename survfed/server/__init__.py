@@ -1,0 +1,1 @@
+"""The coordinator: ServerApp, checkpoints, central evaluation, ``survfed-server``."""
