@@ -7,7 +7,7 @@ import argparse
 
 def register_all(sub: argparse._SubParsersAction) -> None:
     """Add every available sub-command to ``sub``."""
-    from survfed.commands import inspect_site, make_cohort
+    from survfed.commands import demo, inspect_site, make_cohort, train_pooled
 
-    for module in (make_cohort, inspect_site):
+    for module in (make_cohort, inspect_site, train_pooled, demo):
         module.register(sub)

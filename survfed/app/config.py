@@ -1,0 +1,339 @@
+"""The federation's settings, read once from Flower's run config and the SuperNode's node config.
+
+Flower hands a run its settings as a flat mapping (``[tool.flwr.app.config]`` of the app's
+``pyproject.toml``, overridden by ``flwr run --run-config``). :class:`FederationConfig` is that
+mapping, typed and checked, with the training settings mapped onto the shared
+:class:`~survfed.common.config.TrainConfig` (the pooled baseline uses the same one).
+
+Run config keys (all optional except ``run-dir``)::
+
+    num-server-rounds = 5         # federated rounds
+    local-epochs = 1              # passes over the site's patients per round
+    strategy = "fedavg"           # fedavg | fedprox | fedadam
+    proximal-mu = 0.0             # FedProx mu (strategy = fedprox)
+    server-lr = 0.01              # FedAdam eta (strategy = fedadam)
+    fraction-train = 1.0          # share of connected sites asked to train each round
+    min-sites = 2                 # wait for this many sites; fewer replies skip the update
+    round-timeout-s = 600.0       # a round waits at most this long for replies
+    min-patients-for-metrics = 10 # smaller sites send weights + num-examples only
+    run-dir = "/srv/survfed/runs/r1"   # absolute: the run folder (coordinator side)
+    eval-cohorts = "/data/heldout"     # comma-separated held-out site folders (coordinator)
+    eval-cache-dir = ""           # crop cache of the held-out cohorts (default RUN/cache)
+    bootstrap-per-round = 20      # cheap intervals after every round
+    bootstrap-final = 200         # full intervals at the end
+    resume = false                # continue from RUN/checkpoint (set by --resume)
+    seed = 0
+    batch-size = 16  lr = 0.001  weight-decay = 0.0001  max-grad-norm = 5.0 (0 = off)
+    grid-step-days = 30.0  grid-max-days = 3650.0  device = "auto"
+    encoder = "small"  k = 5  crop-size = 32  spacing-mm = 1.0  hu-low = -1200.0
+    hu-high = 600.0  feature-dim = 128  hidden = 32
+    cox-weight = 1.0  bce-weight = 1.0  ties = "efron"
+    sim-cohort = ""               # simulation only: partition-id -> sorted site folders here
+
+Node config keys (per site, from ``flower-supernode --node-config``): ``site``, ``data-dir``,
+``cache-dir`` (default ``<data-dir>/../.survfed-cache/<site>``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from survfed.common.config import TrainConfig
+from survfed.common.survival.model import ModelConfig
+from survfed.common.survival.train import LossConfig
+
+__all__ = [
+    "APP_NAME",
+    "STRATEGIES",
+    "FederationConfig",
+    "SiteContext",
+    "site_context",
+]
+
+APP_NAME = "survfed"
+"""The app name stamped into every instruction (checked by the sites)."""
+STRATEGIES = ("fedavg", "fedprox", "fedadam")
+
+# flat run-config key -> (section, TrainConfig/ModelConfig/LossConfig field)
+_TRAIN_KEYS: dict[str, tuple[str, str]] = {
+    "batch-size": ("train", "batch_size"),
+    "lr": ("train", "lr"),
+    "weight-decay": ("train", "weight_decay"),
+    "max-grad-norm": ("train", "max_grad_norm"),
+    "grid-step-days": ("train", "grid_step_days"),
+    "grid-max-days": ("train", "grid_max_days"),
+    "device": ("train", "device"),
+    "encoder": ("model", "encoder"),
+    "k": ("model", "k"),
+    "crop-size": ("model", "crop_size"),
+    "spacing-mm": ("model", "spacing_mm"),
+    "feature-dim": ("model", "feature_dim"),
+    "hidden": ("model", "hidden"),
+    "cox-weight": ("loss", "cox_weight"),
+    "bce-weight": ("loss", "bce_weight"),
+    "ties": ("loss", "ties"),
+}
+_FED_KEYS = (
+    "num-server-rounds",
+    "local-epochs",
+    "strategy",
+    "proximal-mu",
+    "server-lr",
+    "fraction-train",
+    "min-sites",
+    "round-timeout-s",
+    "min-patients-for-metrics",
+    "run-dir",
+    "eval-cohorts",
+    "eval-cache-dir",
+    "bootstrap-per-round",
+    "bootstrap-final",
+    "resume",
+    "seed",
+    "sim-cohort",
+    "hu-low",
+    "hu-high",
+)
+KNOWN_KEYS = frozenset(_FED_KEYS) | frozenset(_TRAIN_KEYS)
+
+
+def _int(data: Mapping[str, Any], key: str, default: int, minimum: int) -> int:
+    value = data.get(key, default)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"run config {key!r} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _float(data: Mapping[str, Any], key: str, default: float, minimum: float = 0.0) -> float:
+    value = data.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"run config {key!r} must be a number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value) or value < minimum:
+        raise ValueError(f"run config {key!r} must be a finite number >= {minimum}, got {value}")
+    return value
+
+
+def _str(data: Mapping[str, Any], key: str, default: str) -> str:
+    value = data.get(key, default)
+    if not isinstance(value, str):
+        raise ValueError(f"run config {key!r} must be a string, got {value!r}")
+    return value
+
+
+def _bool(data: Mapping[str, Any], key: str, default: bool) -> bool:
+    value = data.get(key, default)
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    if not isinstance(value, bool):
+        raise ValueError(f"run config {key!r} must be true or false, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    """Typed federation settings (see the module docstring for the run-config keys).
+
+    Attributes:
+        num_server_rounds: federated rounds in total (a resumed run stops at the same total).
+        strategy: ``fedavg``, ``fedprox`` or ``fedadam``.
+        proximal_mu: FedProx ``mu`` (>= 0), sent to the sites in every train instruction.
+        server_lr: FedAdam server learning rate (``eta``).
+        fraction_train: share of connected sites sampled per round (0 < f <= 1).
+        min_sites: sites to wait for, and the fewest train replies that update the model.
+        round_timeout_s: the longest a round waits for replies (seconds).
+        min_patients_for_metrics: sites with fewer training patients send no metrics.
+        run_dir: the run folder on the coordinator (absolute path; ``""`` on a site).
+        eval_cohorts: held-out site folders evaluated after every round (coordinator).
+        eval_cache_dir: crop cache for the held-out cohorts (``None`` = ``run_dir/cache``).
+        bootstrap_per_round, bootstrap_final: bootstrap resamples per round / at the end.
+        resume: continue from ``run_dir/checkpoint`` instead of refusing an existing one.
+        sim_cohort: simulation engine only: cohort folder whose sorted site folders are the
+            virtual sites (partition id ``i`` -> ``i``-th folder).
+        train: model, loss and optimiser settings; ``train.epochs`` = local epochs per round.
+    """
+
+    num_server_rounds: int = 5
+    strategy: str = "fedavg"
+    proximal_mu: float = 0.0
+    server_lr: float = 1e-2
+    fraction_train: float = 1.0
+    min_sites: int = 2
+    round_timeout_s: float = 600.0
+    min_patients_for_metrics: int = 10
+    run_dir: str = ""
+    eval_cohorts: tuple[str, ...] = ()
+    eval_cache_dir: str | None = None
+    bootstrap_per_round: int = 20
+    bootstrap_final: int = 200
+    resume: bool = False
+    sim_cohort: str = ""
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=1))
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        if self.strategy == "fedprox" and self.proximal_mu <= 0:
+            raise ValueError("strategy 'fedprox' needs proximal-mu > 0")
+        if not 0.0 < self.fraction_train <= 1.0:
+            raise ValueError(f"fraction-train must be in (0, 1], got {self.fraction_train}")
+        if self.round_timeout_s <= 0:
+            raise ValueError(f"round-timeout-s must be > 0, got {self.round_timeout_s}")
+        if self.run_dir and not Path(self.run_dir).is_absolute():
+            raise ValueError(f"run-dir must be an absolute path, got {self.run_dir!r}")
+
+    @property
+    def local_epochs(self) -> int:
+        """Local epochs per round (``train.epochs``)."""
+        return self.train.epochs
+
+    @property
+    def run_path(self) -> Path:
+        """``run_dir`` as a path; raises when it is not set (only the coordinator needs it)."""
+        if not self.run_dir:
+            raise ValueError("run config 'run-dir' is not set")
+        return Path(self.run_dir)
+
+    @classmethod
+    def from_run_config(cls, data: Mapping[str, Any]) -> FederationConfig:
+        """Parse Flower's flat run config; unknown keys are errors (typos do not pass)."""
+        unknown = sorted(set(data) - KNOWN_KEYS)
+        if unknown:
+            raise ValueError(f"unknown run config keys {unknown}; known: {sorted(KNOWN_KEYS)}")
+        base = TrainConfig()
+        sections: dict[str, dict[str, Any]] = {
+            "train": {},
+            "model": base.model.to_dict(),
+            "loss": base.loss.to_dict(),
+        }
+        for key, (section, name) in _TRAIN_KEYS.items():
+            if key in data:
+                sections[section][name] = data[key]
+        if "max_grad_norm" in sections["train"]:
+            norm = _float(data, "max-grad-norm", 5.0)
+            sections["train"]["max_grad_norm"] = norm if norm > 0 else None
+        lo = _float(data, "hu-low", base.model.hu_window[0], minimum=-math.inf)
+        hi = _float(data, "hu-high", base.model.hu_window[1], minimum=-math.inf)
+        sections["model"]["hu_window"] = (lo, hi)
+        train = TrainConfig(
+            **sections["train"],
+            epochs=_int(data, "local-epochs", 1, 1),
+            seed=_int(data, "seed", 0, 0),
+            model=ModelConfig.from_dict(sections["model"]),
+            loss=LossConfig.from_dict(sections["loss"]),
+        )
+        cohorts = tuple(c.strip() for c in _str(data, "eval-cohorts", "").split(",") if c.strip())
+        return cls(
+            num_server_rounds=_int(data, "num-server-rounds", 5, 1),
+            strategy=_str(data, "strategy", "fedavg").lower(),
+            proximal_mu=_float(data, "proximal-mu", 0.0),
+            server_lr=_float(data, "server-lr", 1e-2),
+            fraction_train=_float(data, "fraction-train", 1.0),
+            min_sites=_int(data, "min-sites", 2, 1),
+            round_timeout_s=_float(data, "round-timeout-s", 600.0),
+            min_patients_for_metrics=_int(data, "min-patients-for-metrics", 10, 1),
+            run_dir=_str(data, "run-dir", ""),
+            eval_cohorts=cohorts,
+            eval_cache_dir=_str(data, "eval-cache-dir", "") or None,
+            bootstrap_per_round=_int(data, "bootstrap-per-round", 20, 0),
+            bootstrap_final=_int(data, "bootstrap-final", 200, 0),
+            resume=_bool(data, "resume", False),
+            sim_cohort=_str(data, "sim-cohort", ""),
+            train=train,
+        )
+
+    def to_run_config(self) -> dict[str, Any]:
+        """The flat run config that :meth:`from_run_config` reads back (TOML-able)."""
+        t = self.train
+        out: dict[str, Any] = {
+            "num-server-rounds": self.num_server_rounds,
+            "local-epochs": t.epochs,
+            "strategy": self.strategy,
+            "proximal-mu": self.proximal_mu,
+            "server-lr": self.server_lr,
+            "fraction-train": self.fraction_train,
+            "min-sites": self.min_sites,
+            "round-timeout-s": self.round_timeout_s,
+            "min-patients-for-metrics": self.min_patients_for_metrics,
+            "run-dir": self.run_dir,
+            "eval-cohorts": ",".join(self.eval_cohorts),
+            "eval-cache-dir": self.eval_cache_dir or "",
+            "bootstrap-per-round": self.bootstrap_per_round,
+            "bootstrap-final": self.bootstrap_final,
+            "resume": self.resume,
+            "seed": t.seed,
+            "sim-cohort": self.sim_cohort,
+            "hu-low": t.model.hu_window[0],
+            "hu-high": t.model.hu_window[1],
+        }
+        sections = {"train": t.to_dict(), "model": t.model.to_dict(), "loss": t.loss.to_dict()}
+        for key, (section, name) in _TRAIN_KEYS.items():
+            value = sections[section][name]
+            if key == "max-grad-norm" and value is None:
+                value = 0.0
+            out[key] = value
+        return out
+
+    def replace(self, **changes: Any) -> FederationConfig:
+        """A copy with some flat run-config keys changed (validated again)."""
+        return FederationConfig.from_run_config({**self.to_run_config(), **changes})
+
+
+@dataclass(frozen=True)
+class SiteContext:
+    """Where one site's data lives (from the SuperNode's node config).
+
+    Attributes:
+        site: the site name.
+        data_dir: the site folder (clinical.csv, nodules.csv, dicom/).
+        cache_dir: writable crop cache folder.
+    """
+
+    site: str
+    data_dir: Path
+    cache_dir: Path
+
+
+def site_context(node_config: Mapping[str, Any], fed: FederationConfig) -> SiteContext:
+    """The site's name and folders from ``context.node_config``.
+
+    Deployment: the SuperNode's node config carries ``site`` and ``data-dir`` (and optionally
+    ``cache-dir``). Simulation: node config has ``partition-id``; with ``sim-cohort`` set in
+    the run config, partition ``i`` is the ``i``-th site folder (sorted by name, folders
+    starting with ``_`` or ``.`` skipped) of that cohort.
+    """
+    site = node_config.get("site")
+    data = node_config.get("data-dir")
+    if isinstance(site, str) and site and isinstance(data, str) and data:
+        data_dir = Path(data)
+    elif "partition-id" in node_config and fed.sim_cohort:
+        cohort = Path(fed.sim_cohort)
+        folders = sorted(
+            p for p in cohort.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))
+        )
+        pid = int(node_config["partition-id"])
+        if not 0 <= pid < len(folders):
+            raise ValueError(
+                f"partition-id {pid} has no site folder: sim-cohort {cohort} holds "
+                f"{len(folders)} site folders"
+            )
+        data_dir = folders[pid]
+        site = data_dir.name
+    else:
+        raise ValueError(
+            "the node config has no 'site' and 'data-dir' (start the SuperNode with "
+            "survfed-client, or set run config 'sim-cohort' for the simulation engine)"
+        )
+    cache = node_config.get("cache-dir")
+    cache_dir = (
+        Path(cache)
+        if isinstance(cache, str) and cache
+        else data_dir.parent / ".survfed-cache" / str(site)
+    )
+    return SiteContext(site=str(site), data_dir=data_dir, cache_dir=cache_dir)

@@ -1,0 +1,167 @@
+"""One site's part of a federated round, without Flower: train locally, report aggregates.
+
+The ClientApp (:mod:`survfed.app.client_app`) only translates messages; this module does the
+work with the shared survival code: site-local Cox mini-batches
+(:class:`~survfed.common.survival.batching.SiteStratifiedBatchSampler`), the two-task loss and
+the FedProx proximal term (:func:`~survfed.common.survival.train.train_epoch`), and the Breslow
+sums on the common grid (:func:`~survfed.common.survival.baseline.breslow_aggregates`).
+
+What it returns is already the egress policy's shape: weights, a patient count, and (for sites
+with at least ``min_patients_for_metrics`` patients) scalar aggregates over all patients.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from survfed.client.crop_cache import CropDataset
+from survfed.common.config import TrainConfig, resolve_device
+from survfed.common.survival.baseline import BreslowAggregates, breslow_aggregates, make_time_grid
+from survfed.common.survival.batching import SiteStratifiedBatchSampler
+from survfed.common.survival.metrics import harrell_c
+from survfed.common.survival.model import CropSurvivalModel
+from survfed.common.survival.train import predict, train_epoch
+
+__all__ = [
+    "TRAIN_METRICS",
+    "LocalUpdate",
+    "local_breslow_aggregates",
+    "round_seed",
+    "train_locally",
+]
+
+TRAIN_METRICS = (
+    "num-examples",
+    "train-loss",
+    "train-cox",
+    "train-bce",
+    "train-prox",
+    "train-c-index",
+    "train-seconds",
+)
+"""The only metric names a site's train reply may carry (see the egress whitelist)."""
+
+StateDict = Mapping[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class LocalUpdate:
+    """What one site's local training produced.
+
+    Attributes:
+        state_dict: the updated weights (CPU tensors, same keys as the model's state dict).
+        num_examples: training patients (the FedAvg weight).
+        metrics: scalar aggregates keyed by :data:`TRAIN_METRICS` names; only
+            ``num-examples`` when the site is below ``min_patients_for_metrics``.
+    """
+
+    state_dict: dict[str, torch.Tensor]
+    num_examples: int
+    metrics: dict[str, int | float]
+
+
+def round_seed(seed: int, server_round: int, site: str) -> int:
+    """The batch-shuffling seed of ``site`` in ``server_round``: differs per round and site."""
+    if server_round < 0:
+        raise ValueError(f"server_round must be >= 0, got {server_round}")
+    return int(seed) * 1_000_003 + server_round * 1009 + zlib.crc32(site.encode()) % 1009
+
+
+def _model_from(state_dict: StateDict, config: TrainConfig, device: str) -> CropSurvivalModel:
+    model = config.model.build_model()
+    model.load_state_dict(dict(state_dict))
+    return model.to(device)
+
+
+def train_locally(
+    state_dict: StateDict,
+    dataset: CropDataset,
+    config: TrainConfig,
+    *,
+    site: str,
+    server_round: int,
+    proximal_mu: float = 0.0,
+    min_patients_for_metrics: int = 10,
+) -> LocalUpdate:
+    """Train the global model ``state_dict`` on the site's patients for ``config.epochs``.
+
+    Args:
+        state_dict: the global weights received from the server.
+        dataset: the site's crop dataset (all patients of one site).
+        config: training settings (``epochs`` = local epochs, ``lr``, ``batch_size``, ...);
+            a fresh AdamW optimiser is used every round.
+        site: the site name (seeds the batch order).
+        server_round: the round number (seeds the batch order).
+        proximal_mu: FedProx ``mu``; 0 = plain local training (FedAvg/FedAdam).
+        min_patients_for_metrics: below this many patients only ``num-examples`` is reported.
+    """
+    if len(dataset) == 0:
+        raise ValueError(f"site {site}: dataset holds no patient")
+    device = resolve_device(config.device)
+    torch.manual_seed(round_seed(config.seed, server_round, site))
+    model = _model_from(state_dict, config, device)
+    global_params = (
+        {n: p.detach().clone() for n, p in model.named_parameters()} if proximal_mu > 0 else None
+    )
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
+    sampler = SiteStratifiedBatchSampler(
+        dataset.sites,
+        dataset.events,
+        config.batch_size,
+        seed=round_seed(config.seed, server_round, site),
+        cox_only=False,
+    )
+    totals = {"loss": 0.0, "cox": 0.0, "bce": 0.0, "prox": 0.0, "seconds": 0.0}
+    for epoch in range(config.epochs):
+        sampler.set_epoch(epoch)
+        stats = train_epoch(
+            model,
+            dataset,
+            sampler,
+            optimizer,
+            config.loss,
+            device=device,
+            proximal_mu=proximal_mu,
+            global_params=global_params,
+            max_grad_norm=config.max_grad_norm,
+            amp=device.startswith("cuda"),
+        )
+        for key in ("loss", "cox", "bce", "prox"):
+            totals[key] += float(stats[key]) / config.epochs
+        totals["seconds"] += float(stats["seconds"])
+    n = len(dataset)
+    metrics: dict[str, int | float] = {"num-examples": n}
+    if n >= min_patients_for_metrics:
+        g = predict(model, dataset, device=device, batch_size=32)
+        c = harrell_c(g, dataset.times, dataset.events)
+        for key in ("loss", "cox", "bce", "prox"):
+            if np.isfinite(totals[key]):
+                metrics[f"train-{key}"] = totals[key]
+        if c is not None and np.isfinite(c):
+            metrics["train-c-index"] = float(c)
+        metrics["train-seconds"] = totals["seconds"]
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return LocalUpdate(state_dict=state, num_examples=n, metrics=metrics)
+
+
+def local_breslow_aggregates(
+    state_dict: StateDict, dataset: CropDataset, config: TrainConfig
+) -> BreslowAggregates:
+    """The site's Breslow sums (events, risk sum per bin of the common grid) under the model.
+
+    Returns ``events (B,) int64`` and ``risk_sum (B,) float64`` on
+    ``make_time_grid(config.grid_max_days, config.grid_step_days)``: sums over the site's
+    patients, never per-patient values.
+    """
+    device = resolve_device(config.device)
+    model = _model_from(state_dict, config, device)
+    g = predict(model, dataset, device=device, batch_size=32)
+    edges = make_time_grid(config.grid_max_days, config.grid_step_days)
+    return breslow_aggregates(g, dataset.times, dataset.events, edges)

@@ -1,0 +1,159 @@
+"""``survfed inspect``: a site summary (patients, outcomes, geometry) and every problem found."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from survfed.client.catalogue import Problem, SiteCatalogue, SiteDataError, catalogue_site
+
+__all__ = ["SiteReport", "inspect_site"]
+
+
+def _range(values: list[float]) -> list[float] | None:
+    return [round(min(values), 4), round(max(values), 4)] if values else None
+
+
+@dataclass(frozen=True)
+class SiteReport:
+    """Summary numbers of one site plus its problems.
+
+    Counts are over *usable* patients (valid clinical row and usable CT series) except
+    ``patients`` (every patient seen in clinical.csv or DICOM) and ``series`` (every series
+    found). Spacing ranges are ``[min, max]`` in mm over the usable patients' chosen series.
+    """
+
+    site: str
+    patients: int
+    usable: int
+    series: int
+    ct_series: int
+    files: int
+    events: int
+    censored: int
+    cancer: int
+    cancer_unknown: int
+    annotated: int
+    nodules: int
+    slice_spacing_mm: list[float] | None
+    pixel_spacing_mm: list[float] | None
+    problems: tuple[Problem, ...] = field(default_factory=tuple)
+    deep: bool = False
+
+    @property
+    def n_errors(self) -> int:
+        """Number of problems with severity ``error``."""
+        return sum(p.severity == "error" for p in self.problems)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (keys listed in the class, ``problems`` as a list of dicts)."""
+        return {
+            "site": self.site,
+            "patients": self.patients,
+            "usable": self.usable,
+            "series": self.series,
+            "ct_series": self.ct_series,
+            "files": self.files,
+            "events": self.events,
+            "censored": self.censored,
+            "cancer": self.cancer,
+            "cancer_unknown": self.cancer_unknown,
+            "annotated": self.annotated,
+            "nodules": self.nodules,
+            "slice_spacing_mm": self.slice_spacing_mm,
+            "pixel_spacing_mm": self.pixel_spacing_mm,
+            "deep": self.deep,
+            "problems": [p.to_dict() for p in self.problems],
+        }
+
+    def format_text(self) -> str:
+        """A readable summary table followed by every problem, one per line."""
+
+        def spacing(values: list[float] | None) -> str:
+            return "-" if values is None else f"{values[0]:g} - {values[1]:g} mm"
+
+        rows = [
+            ("site", self.site),
+            ("patients", str(self.patients)),
+            ("usable patients", str(self.usable)),
+            ("series (CT)", f"{self.series} ({self.ct_series})"),
+            ("files scanned", str(self.files)),
+            ("events", str(self.events)),
+            ("censored", str(self.censored)),
+            ("cancer", f"{self.cancer} (unknown: {self.cancer_unknown})"),
+            ("annotated (nodules)", f"{self.annotated} ({self.nodules})"),
+            ("slice spacing", spacing(self.slice_spacing_mm)),
+            ("pixel spacing", spacing(self.pixel_spacing_mm)),
+            ("pixels decoded", "yes" if self.deep else "no (use --deep)"),
+        ]
+        width = max(len(name) for name, _ in rows)
+        lines = [f"{name:<{width}}  {value}" for name, value in rows]
+        errors = self.n_errors
+        warnings = len(self.problems) - errors
+        lines.append("")
+        if not self.problems:
+            lines.append("no problems found")
+        else:
+            lines.append(f"problems: {errors} error(s), {warnings} warning(s)")
+            for problem in self.problems:
+                who = problem.patient_id if problem.patient_id is not None else "-"
+                lines.append(
+                    f"  {problem.severity.upper():7} {who:<12} {problem.path}: {problem.reason}"
+                )
+        return "\n".join(lines)
+
+
+def _report(catalogue: SiteCatalogue, site: str, deep: bool) -> SiteReport:
+    usable = catalogue.usable_patients
+    rows = [p.clinical for p in usable if p.clinical is not None]
+    plans = [p.plan for p in usable if p.plan is not None]
+    pixel = [s for plan in plans for s in plan.spacing[1:]]
+    return SiteReport(
+        site=site,
+        patients=len(catalogue.patients),
+        usable=len(usable),
+        series=len(catalogue.series),
+        ct_series=sum(s.modality == "CT" for s in catalogue.series),
+        files=catalogue.n_files,
+        events=sum(r.event == 1 for r in rows),
+        censored=sum(r.event == 0 for r in rows),
+        cancer=sum(r.cancer == 1 for r in rows),
+        cancer_unknown=sum(r.cancer is None for r in rows),
+        annotated=sum(p.annotated for p in usable),
+        nodules=sum(len(p.nodules_mm) for p in usable if p.annotated),
+        slice_spacing_mm=_range([plan.spacing[0] for plan in plans]),
+        pixel_spacing_mm=_range(pixel),
+        problems=tuple(catalogue.problems),
+        deep=deep,
+    )
+
+
+def inspect_site(site_dir: Path, *, deep: bool = False, progress: bool = False) -> SiteReport:
+    """Catalogue a site and summarise it.
+
+    Args:
+        site_dir: the site folder.
+        deep: also decode every chosen series' pixels (catches corrupt compressed data; slow).
+        progress: show progress bars.
+
+    Returns:
+        The :class:`SiteReport`.
+
+    Raises:
+        NotASiteError: the folder is not a site.
+    """
+    site_dir = Path(site_dir)
+    catalogue = catalogue_site(site_dir, progress=progress)
+    if deep:
+        patients = catalogue.usable_patients
+        if progress:
+            from tqdm import tqdm
+
+            patients = tqdm(patients, desc="decoding series", unit="patient", disable=None)
+        for patient in patients:
+            try:
+                catalogue.load_volume(patient.patient_id)
+            except SiteDataError:
+                pass  # recorded in catalogue.problems; the patient is no longer usable
+    return _report(catalogue, site_dir.resolve().name, deep)

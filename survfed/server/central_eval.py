@@ -1,0 +1,105 @@
+"""Central evaluation of the global model on held-out cohorts, loaded once per run.
+
+The coordinator holds the held-out cohorts (site folders it may read); after every round the
+global weights are scored on each of them with the survival issue's evaluation
+(:func:`~survfed.common.survival.evaluation.evaluate_predictions`: whole-cohort metrics with
+bootstrap intervals, plus the oracle C-index when the cohort's ``_truth/`` is present).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from survfed.client.crop_cache import CropDataset
+from survfed.client.site_data import load_site_data
+from survfed.common.config import TrainConfig, resolve_device
+from survfed.common.survival.baseline import BaselineHazard
+from survfed.common.survival.evaluation import EvaluationResult, evaluate_predictions
+from survfed.common.survival.train import predict
+from survfed.server.evaluate import read_truth_log_hazard
+
+__all__ = ["HeldOutCohort", "evaluate_state", "load_held_out", "summary_row"]
+
+
+@dataclass(frozen=True)
+class HeldOutCohort:
+    """One held-out cohort: its name, crops, and true log-hazards when known.
+
+    Attributes:
+        name: the cohort (site folder) name.
+        dataset: its crop dataset (in memory).
+        oracle: ``(n,)`` true log-hazards from ``_truth/`` or ``None``.
+    """
+
+    name: str
+    dataset: CropDataset
+    oracle: np.ndarray | None
+
+
+def load_held_out(
+    cohort_dirs: Sequence[str | Path], cache_dir: str | Path, config: TrainConfig
+) -> list[HeldOutCohort]:
+    """Catalogue and crop each held-out cohort once (crops cached under ``cache_dir``)."""
+    cohorts = []
+    for d in cohort_dirs:
+        path = Path(d)
+        if not path.is_dir():
+            raise FileNotFoundError(f"eval-cohorts: {path} is not a folder")
+        site = load_site_data(path, cache_dir, config.model, progress=False, in_memory=True)
+        oracle = read_truth_log_hazard(path, site.dataset.patient_ids)
+        cohorts.append(HeldOutCohort(site.name, site.dataset, oracle))
+    names = [c.name for c in cohorts]
+    if len(set(names)) != len(names):
+        raise ValueError(f"eval-cohorts must have distinct folder names, got {names}")
+    return cohorts
+
+
+def evaluate_state(
+    state_dict: Mapping[str, torch.Tensor],
+    cohorts: Sequence[HeldOutCohort],
+    config: TrainConfig,
+    *,
+    n_bootstrap: int,
+    seed: int = 0,
+    baseline: BaselineHazard | None = None,
+) -> dict[str, tuple[EvaluationResult, np.ndarray]]:
+    """Score the weights on every cohort: name -> (metrics, predicted log-hazards ``(n,)``)."""
+    device = resolve_device(config.device)
+    model = config.model.build_model()
+    model.load_state_dict(dict(state_dict))
+    model.to(device)
+    out = {}
+    for cohort in cohorts:
+        ds = cohort.dataset
+        g = predict(model, ds, device=device, batch_size=32)
+        result = evaluate_predictions(
+            g,
+            ds.times,
+            ds.events,
+            ds.cancer,
+            baseline=baseline,
+            oracle_log_hz=cohort.oracle,
+            n_bootstrap=n_bootstrap,
+            seed=seed,
+        )
+        out[cohort.name] = (result, g)
+    return out
+
+
+def summary_row(result: EvaluationResult, prefix: str = "") -> dict[str, float | None]:
+    """The headline numbers of one evaluation as flat keys (for metrics.csv)."""
+    d = result.to_dict()
+    row: dict[str, float | None] = {}
+    for key in ("c_index", "uno_c_index", "auc", "oracle_c_index"):
+        value = d.get(key)
+        row[prefix + key] = value if isinstance(value, int | float) else None
+        ci = d.get(f"{key}_ci")
+        low, high = ci if isinstance(ci, list) else (None, None)
+        row[prefix + key + "_low"] = low
+        row[prefix + key + "_high"] = high
+    return row

@@ -1,0 +1,152 @@
+"""Tests for the crop survival model: max-over-crops semantics, config, save/load."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from survfed.common.survival.model import (
+    CropSurvivalModel,
+    ModelConfig,
+    load_model,
+    save_model,
+)
+
+S = 16
+
+
+@pytest.fixture(scope="module")
+def model() -> CropSurvivalModel:
+    torch.manual_seed(0)
+    return CropSurvivalModel("small", k=4, crop_size=S).eval()
+
+
+def _batch(batch: int = 3, k: int = 4, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    crops = torch.rand(batch, k, 1, S, S, S, generator=gen)
+    present = torch.ones(batch, k, dtype=torch.bool)
+    return crops, present
+
+
+def test_output_shape_and_reference_computation(model):
+    crops, present = _batch()
+    present[1, 2:] = False
+    crops[1, 2:] = 0.0
+    g = model(crops, present)
+    assert g.shape == (3,)
+    # reference: explicit per-patient loop over that patient's present crops
+    with torch.no_grad():
+        for b in range(3):
+            feats = model.crop_features(crops[b][present[b]])
+            expected = model.out(feats.max(dim=0).values)
+            torch.testing.assert_close(g[b : b + 1], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_permuting_crops_does_not_change_g(model):
+    crops, present = _batch()
+    present[0, 3] = False
+    g = model(crops, present)
+    perm = torch.tensor([2, 0, 3, 1])
+    g_perm = model(crops[:, perm], present[:, perm])
+    torch.testing.assert_close(g, g_perm, rtol=1e-5, atol=1e-6)
+
+
+def test_masked_crop_cannot_change_the_max(model):
+    crops, present = _batch()
+    present[:, 1:] = False
+    g = model(crops, present)
+    wild = crops.clone()
+    wild[:, 1:] = 1.0 + 10.0 * torch.rand_like(wild[:, 1:])  # anything at all in blank slots
+    torch.testing.assert_close(model(wild, present), g)
+    # while unmasking them does change g
+    assert not torch.allclose(model(wild, torch.ones_like(present)), g)
+
+
+def test_batch_composition_does_not_change_a_patients_g(model):
+    crops, present = _batch(batch=4)
+    present[2] = False
+    together = model(crops, present)
+    alone = torch.cat([model(crops[i : i + 1], present[i : i + 1]) for i in range(4)])
+    torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-5)
+
+
+def test_patient_without_nodules_gets_the_blank_crop_value(model):
+    crops, present = _batch(batch=2)
+    present[1] = False
+    g = model(crops, present)
+    with torch.no_grad():
+        blank = model.out(model.crop_features(torch.zeros(1, 1, S, S, S)))[0, 0]
+        # the same value as a patient whose crops are all present but blank (zeros)
+        all_blank = model(torch.zeros(1, 4, 1, S, S, S), torch.ones(1, 4, dtype=torch.bool))
+    torch.testing.assert_close(g[1], blank)
+    torch.testing.assert_close(g[1:], all_blank)
+    assert torch.isfinite(g).all()
+    # gradient flows to the encoder through the "no nodule" value
+    m = CropSurvivalModel("small", k=4, crop_size=S)
+    m(crops[1:], present[1:]).sum().backward()
+    assert m.encoder[2].conv.weight.grad.abs().sum() > 0  # (zeros give no grad to layer 0)
+
+
+def test_shape_errors(model):
+    crops, present = _batch()
+    with pytest.raises(ValueError, match="crops must have shape"):
+        model(crops[:, :3], present[:, :3])
+    with pytest.raises(ValueError, match="present must have shape"):
+        model(crops, present[:2])
+
+
+def test_config_round_trip_and_validation():
+    cfg = ModelConfig(encoder="small", k=3, crop_size=16, spacing_mm=1.5, hu_window=(-1000, 400))
+    d = cfg.to_dict()
+    assert d["hu_window"] == [-1000.0, 400.0]
+    assert ModelConfig.from_dict(d) == cfg
+    assert ModelConfig.from_dict({}) == ModelConfig()
+    assert cfg.crop_kwargs() == {
+        "k": 3,
+        "size_vox": 16,
+        "spacing_mm": 1.5,
+        "hu_window": (-1000.0, 400.0),
+    }
+    with pytest.raises(ValueError, match="unknown model config keys"):
+        ModelConfig.from_dict(d | {"dropout": 0.1})
+    with pytest.raises(ValueError, match="encoder"):
+        ModelConfig(encoder="densenet")
+    with pytest.raises(ValueError, match="hu_window"):
+        ModelConfig(hu_window=(400, -1000))
+    with pytest.raises(ValueError, match="spacing_mm"):
+        ModelConfig(spacing_mm=0)
+    with pytest.raises(ValueError, match="k must"):
+        ModelConfig(k=0)
+
+
+def test_save_load_round_trip_gives_identical_outputs(tmp_path):
+    torch.manual_seed(3)
+    cfg = ModelConfig(encoder="small", k=4, crop_size=S, hidden=16)
+    model = cfg.build_model()
+    # make the weights differ from any fresh initialisation
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    model.eval()
+    crops, present = _batch()
+    present[0, 1:] = False
+    path = save_model(tmp_path / "sub" / "model.pt", model, cfg)
+    loaded, loaded_cfg = load_model(path)
+    assert loaded_cfg == cfg
+    assert not loaded.training
+    torch.testing.assert_close(loaded(crops, present), model(crops, present), rtol=0, atol=0)
+    # the file holds only plain types and tensors
+    payload = torch.load(path, weights_only=True)
+    assert payload["config"] == cfg.to_dict()
+    assert not list(tmp_path.joinpath("sub").glob("*.tmp"))
+
+
+def test_save_load_errors(tmp_path):
+    model = CropSurvivalModel("small", k=4, crop_size=S)
+    with pytest.raises(ValueError, match="k: model 4 vs config 5"):
+        save_model(tmp_path / "m.pt", model, ModelConfig(encoder="small", crop_size=S))
+    with pytest.raises(FileNotFoundError, match="path"):
+        load_model(tmp_path / "missing.pt")
+    torch.save({"something": torch.zeros(1)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a survfed crop-survival model"):
+        load_model(tmp_path / "other.pt")
