@@ -30,7 +30,9 @@ from survfed.common.survival.train import predict, train_epoch
 __all__ = [
     "TRAIN_METRICS",
     "LocalUpdate",
+    "load_optimizer_arrays",
     "local_breslow_aggregates",
+    "optimizer_arrays",
     "round_seed",
     "train_locally",
 ]
@@ -58,11 +60,14 @@ class LocalUpdate:
         num_examples: training patients (the FedAvg weight).
         metrics: scalar aggregates keyed by :data:`TRAIN_METRICS` names; only
             ``num-examples`` when the site is below ``min_patients_for_metrics``.
+        optimizer_state: the site's AdamW moments after the round (flat arrays, see
+            :func:`optimizer_arrays`); kept at the site for its next round, never sent.
     """
 
     state_dict: dict[str, torch.Tensor]
     num_examples: int
     metrics: dict[str, int | float]
+    optimizer_state: dict[str, np.ndarray] | None = None
 
 
 def round_seed(seed: int, server_round: int, site: str) -> int:
@@ -87,6 +92,7 @@ def train_locally(
     server_round: int,
     proximal_mu: float = 0.0,
     min_patients_for_metrics: int = 10,
+    optimizer_state: Mapping[str, np.ndarray] | None = None,
 ) -> LocalUpdate:
     """Train the global model ``state_dict`` on the site's patients for ``config.epochs``.
 
@@ -99,6 +105,9 @@ def train_locally(
         server_round: the round number (seeds the batch order).
         proximal_mu: FedProx ``mu``; 0 = plain local training (FedAvg/FedAdam).
         min_patients_for_metrics: below this many patients only ``num-examples`` is reported.
+        optimizer_state: the site's AdamW moments from its previous round (or ``None`` for a
+            fresh optimiser). Carrying them over makes a site's local steps continue like one
+            long pooled run instead of restarting Adam's bias correction every round.
     """
     if len(dataset) == 0:
         raise ValueError(f"site {site}: dataset holds no patient")
@@ -111,6 +120,8 @@ def train_locally(
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
+    if optimizer_state:
+        load_optimizer_arrays(optimizer, optimizer_state)
     sampler = SiteStratifiedBatchSampler(
         dataset.sites,
         dataset.events,
@@ -148,7 +159,43 @@ def train_locally(
             metrics["train-c-index"] = float(c)
         metrics["train-seconds"] = totals["seconds"]
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    return LocalUpdate(state_dict=state, num_examples=n, metrics=metrics)
+    return LocalUpdate(
+        state_dict=state,
+        num_examples=n,
+        metrics=metrics,
+        optimizer_state=optimizer_arrays(optimizer),
+    )
+
+
+def optimizer_arrays(optimizer: torch.optim.Optimizer) -> dict[str, np.ndarray]:
+    """An Adam(W) optimiser's per-parameter state as flat arrays ``"<index>.<name>"``."""
+    out: dict[str, np.ndarray] = {}
+    for index, values in optimizer.state_dict()["state"].items():
+        for name, value in values.items():
+            out[f"{index}.{name}"] = torch.as_tensor(value).detach().cpu().numpy()
+    return out
+
+
+def load_optimizer_arrays(
+    optimizer: torch.optim.Optimizer, arrays: Mapping[str, np.ndarray]
+) -> None:
+    """Restore what :func:`optimizer_arrays` returned (hyper-parameters stay the optimiser's).
+
+    Arrays whose parameter index or shape does not match (another model) are ignored, so a
+    stale state can never break training; it only starts the moments afresh.
+    """
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in arrays.items():
+        index_text, _, name = key.partition(".")
+        if not index_text.isdigit() or int(index_text) >= len(params):
+            return
+        tensor = torch.as_tensor(np.asarray(value))
+        if name in ("exp_avg", "exp_avg_sq") and tensor.shape != params[int(index_text)].shape:
+            return
+        state.setdefault(int(index_text), {})[name] = tensor
+    current = optimizer.state_dict()
+    optimizer.load_state_dict({"state": state, "param_groups": current["param_groups"]})
 
 
 def local_breslow_aggregates(

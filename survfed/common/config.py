@@ -42,6 +42,7 @@ class TrainConfig:
         grid_step_days: width of the common time grid of the Breslow baseline aggregates.
         grid_max_days: end of that grid (days); later times count as censored at the end.
         max_grad_norm: gradient clipping (``None`` = off).
+        augment: random flips and axial quarter turns of the training crops.
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
         model: architecture and crop preprocessing.
         loss: two-task loss weights and ties.
@@ -55,6 +56,7 @@ class TrainConfig:
     grid_step_days: float = 30.0
     grid_max_days: float = 3650.0
     max_grad_norm: float | None = 5.0
+    augment: bool = True
     device: str = "auto"
     model: ModelConfig = field(default_factory=lambda: ModelConfig(encoder="small"))
     loss: LossConfig = field(default_factory=LossConfig)

@@ -74,7 +74,7 @@ def _round_row(
     row: dict[str, Any] = {"round": rnd}
     row.update(eval_row)
     replies = (entry or {}).get("replies", [])
-    ok = [r for r in replies if "error" not in r]
+    ok = [r for r in replies if "error" not in r and "rejected" not in r]
     metrics = [r.get("metrics", {}) for r in ok]
     n = sum(int(m.get("num-examples", 0)) for m in metrics)
     row["sites"] = len(ok)
@@ -226,10 +226,19 @@ def run_federated_training(
         run.append_metrics(row)
         if entry is not None:
             site_row: dict[str, Any] = {"round": rnd}
+            sent = {s["node_id"]: s["bytes"] for s in entry["sent"]}
+            elapsed = entry.get("received", entry["started"]) - entry["started"]
             with audit_path.open("a") as fh:
                 for reply in entry["replies"]:
                     site = names.get(reply["node_id"], f"node-{reply['node_id']}")
-                    fh.write(json.dumps({"round": rnd, "site": site, **reply}) + "\n")
+                    line = {
+                        "round": rnd,
+                        "site": site,
+                        "bytes_received": sent.get(reply["node_id"]),
+                        "round_seconds": elapsed,
+                        **reply,
+                    }
+                    fh.write(json.dumps(line) + "\n")
                     for key, value in reply.get("metrics", {}).items():
                         site_row[f"{site}/{key}"] = value
             site_history.append(site_row)

@@ -271,6 +271,29 @@ def _fmt_row(row: Mapping[str, str], total: int) -> str:
     )
 
 
+def _audit_lines(run_dir: Path) -> int:
+    path = run_dir / "replies.jsonl"
+    return len(path.read_text().splitlines()) if path.is_file() else 0
+
+
+def _report_failed_replies(run_dir: Path, seen: int, log: Callable[[str], None]) -> int:
+    """Print the sites whose replies failed or were rejected since line ``seen``."""
+    path = run_dir / "replies.jsonl"
+    if not path.is_file():
+        return seen
+    lines = path.read_text().splitlines()
+    for line in lines[seen:]:
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            return seen  # a line being written; read it next time
+        problem = entry.get("error") or entry.get("rejected")
+        if problem:
+            log(f"round {entry.get('round')}: site {entry.get('site')} failed: {problem}")
+        seen += 1
+    return seen
+
+
 def monitor_run(
     connection: FlwrConnection,
     run_id: int,
@@ -284,6 +307,7 @@ def monitor_run(
     deadline = time.monotonic() + timeout_s
     seen = len(_new_rows(fed.run_path, 0)) if fed.resume else 0
     online_before = -1
+    audit_seen = _audit_lines(fed.run_path) if fed.resume else 0
     while True:
         try:
             status = str(run_status(connection, run_id).get("status", ""))
@@ -293,6 +317,7 @@ def monitor_run(
         for row in _new_rows(fed.run_path, seen):
             log(_fmt_row(row, fed.num_server_rounds))
             seen += 1
+        audit_seen = _report_failed_replies(fed.run_path, audit_seen, log)
         if status.startswith("finished"):
             return status
         try:

@@ -136,6 +136,7 @@ def train_pooled(
     sampler = SiteStratifiedBatchSampler(
         dataset.sites, dataset.events, config.batch_size, seed=config.seed, cox_only=False
     )
+    augment = torch.Generator().manual_seed(config.seed) if config.augment else None
     history: list[dict[str, float]] = []
     epochs = range(1, config.epochs + 1)
     bar = None
@@ -154,6 +155,7 @@ def train_pooled(
             device=device,
             max_grad_norm=config.max_grad_norm,
             amp=device.startswith("cuda"),
+            augment=augment,
         )
         g = predict(model, dataset, device=device, batch_size=32)
         row = {

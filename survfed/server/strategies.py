@@ -40,8 +40,8 @@ def content_bytes(content: RecordDict) -> int:
 
 
 def array_bytes(arrays: ArrayRecord) -> int:
-    """Raw bytes of the arrays' data (the model's size)."""
-    return int(sum(len(a.data) for a in arrays.values()))
+    """Raw bytes of the arrays' values (the model's size; the floor of a round's traffic)."""
+    return int(sum(a.numpy().nbytes for a in arrays.values()))
 
 
 def mean_metrics(records: list[RecordDict], weighted_by_key: str) -> MetricRecord:
@@ -87,6 +87,7 @@ class _SurvfedMixin:
     round_log: RoundLog
 
     def _survfed_init(self, min_replies: int) -> None:
+        self._expected: dict[str, tuple[int, ...]] = {}
         self.round_offset = 0
         self.min_replies = int(min_replies)
         self.round_log = RoundLog()
@@ -99,6 +100,7 @@ class _SurvfedMixin:
         entry = self.round_log.entry(rnd)
         entry["started"] = time.monotonic()
         entry["model_bytes"] = array_bytes(arrays)
+        self._expected = {k: tuple(a.shape) for k, a in arrays.items()}
         for msg in messages:
             entry["sent"].append(
                 {"node_id": int(msg.metadata.dst_node_id), "bytes": content_bytes(msg.content)}
@@ -112,6 +114,7 @@ class _SurvfedMixin:
         replies = list(replies)
         entry = self.round_log.entry(rnd)
         entry["received"] = time.monotonic()
+        start = len(entry["replies"])
         for reply in replies:
             item: dict[str, Any] = {"node_id": int(reply.metadata.src_node_id)}
             if reply.has_error():
@@ -124,7 +127,22 @@ class _SurvfedMixin:
                     k: v for m in metrics.values() for k, v in m.items() if not isinstance(v, list)
                 }
             entry["replies"].append(item)
-        ok = [r for r in replies if not r.has_error()]
+        ok = []
+        for reply, item in zip(replies, entry["replies"][start:], strict=True):
+            if reply.has_error():
+                continue
+            problem = self._reply_problem(reply.content)
+            if problem:
+                log(
+                    WARNING,
+                    "round %d: ignoring the reply of node %s: %s",
+                    rnd,
+                    item["node_id"],
+                    problem,
+                )
+                item["rejected"] = problem
+            else:
+                ok.append(reply)
         if len(ok) < self.min_replies:
             log(
                 WARNING,
@@ -137,7 +155,36 @@ class _SurvfedMixin:
             entry["skipped"] = True
             return None, None
         entry["skipped"] = False
-        return super().aggregate_train(rnd, replies)  # type: ignore[misc]
+        return super().aggregate_train(rnd, ok)  # type: ignore[misc]
+
+    def _reply_problem(self, content: RecordDict) -> str | None:
+        """Why a train reply cannot be averaged (``None`` if it can).
+
+        Flower's own check rejects the whole round when sites send different metric keys;
+        survfed sites legitimately do (small sites send only ``num-examples``), so replies are
+        checked one by one instead: one ArrayRecord with the global model's keys and shapes,
+        one MetricRecord with a positive scalar ``num-examples``.
+        """
+        arrays = list(content.array_records.values())
+        metrics = list(content.metric_records.values())
+        if len(arrays) != 1 or len(metrics) != 1:
+            return (
+                f"expected one ArrayRecord and one MetricRecord, got {len(arrays)} and "
+                f"{len(metrics)}"
+            )
+        shapes = {k: tuple(a.shape) for k, a in arrays[0].items()}
+        if self._expected and shapes != self._expected:
+            return "its arrays do not match the global model's names and shapes"
+        weight = metrics[0].get(self.weighted_by_key)  # type: ignore[attr-defined]
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or weight <= 0:
+            return f"{self.weighted_by_key!r} is missing or not a positive number"
+        return None
+
+    def _check_and_log_replies(
+        self, replies: Iterable[Message], is_train: bool, validate: bool = True
+    ) -> tuple[list[Message], list[Message]]:
+        # replies were checked one by one in aggregate_train (see _reply_problem)
+        return super()._check_and_log_replies(replies, is_train, validate=False)  # type: ignore[misc]
 
     def state_arrays(self) -> dict[str, dict[str, np.ndarray]]:
         """Strategy state to checkpoint (FedAdam moments; empty otherwise)."""

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from survfed.common.imaging.augment import random_flip_rotate
 from survfed.common.survival.losses import two_task_loss
 
 __all__ = ["LossConfig", "predict", "proximal_term", "train_epoch"]
@@ -150,6 +151,7 @@ def train_epoch(
     max_grad_norm: float | None = None,
     amp: bool = False,
     num_workers: int = 0,
+    augment: torch.Generator | None = None,
 ) -> dict[str, float]:
     """Train ``model`` for one pass over the batches ``sampler`` yields.
 
@@ -171,6 +173,8 @@ def train_epoch(
         max_grad_norm: clip the gradient norm to this value (``None``: no clipping).
         amp: bf16 autocast for the model's forward pass on CUDA (ignored on CPU).
         num_workers: ``DataLoader`` workers.
+        augment: a seeded CPU generator to apply random flips and axial quarter turns to every
+            crop (:func:`~survfed.common.imaging.augment.random_flip_rotate`); ``None`` = off.
 
     Returns:
         ``{"loss", "cox", "bce", "prox"}``: patient-weighted means over the epoch's batches
@@ -206,6 +210,8 @@ def train_epoch(
     start = _time.perf_counter()
     for raw in loader:
         batch = _batch_to(raw, device)
+        if augment is not None:
+            batch["crops"] = random_flip_rotate(batch["crops"], augment)
         b = int(batch["time"].shape[0])
         optimizer.zero_grad(set_to_none=True)
         with _autocast(device, amp):

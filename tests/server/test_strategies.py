@@ -1,0 +1,82 @@
+"""Strategy helpers: metric means over the sites that sent them, wire bytes vs model bytes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
+
+from survfed.app.config import FederationConfig
+from survfed.server.strategies import (
+    SurvfedFedAdam,
+    SurvfedFedAvg,
+    SurvfedFedProx,
+    array_bytes,
+    build_strategy,
+    content_bytes,
+    mean_metrics,
+)
+
+
+def test_metrics_are_averaged_over_the_sites_that_sent_them() -> None:
+    replies = [
+        RecordDict({"metrics": MetricRecord({"num-examples": 30, "train-loss": 1.0})}),
+        RecordDict({"metrics": MetricRecord({"num-examples": 10, "train-loss": 3.0})}),
+        RecordDict({"metrics": MetricRecord({"num-examples": 5})}),  # a small site
+    ]
+    out = mean_metrics(replies, "num-examples")
+    assert out["train-loss"] == pytest.approx((30 * 1.0 + 10 * 3.0) / 40)
+    assert out["num-examples"] == 45
+
+
+def test_wire_size_is_the_model_size_plus_a_small_envelope() -> None:
+    arrays = ArrayRecord({f"w{i}": Array(np.ones((64, 64), np.float32)) for i in range(5)})
+    content = RecordDict({"arrays": arrays, "metrics": MetricRecord({"num-examples": 3})})
+    model = array_bytes(arrays)
+    assert model == 5 * 64 * 64 * 4
+    # per array: a 128-byte .npy header and a few bytes of protobuf framing
+    assert model < content_bytes(content) <= model + 5 * 200 + 100
+
+
+@pytest.mark.parametrize(
+    ("name", "cls"),
+    [("fedavg", SurvfedFedAvg), ("fedprox", SurvfedFedProx), ("fedadam", SurvfedFedAdam)],
+)
+def test_build_strategy(name: str, cls: type) -> None:
+    extra = {"proximal-mu": 0.1} if name == "fedprox" else {}
+    fed = FederationConfig.from_run_config({"strategy": name, "min-sites": 3, **extra})
+    strategy = build_strategy(fed)
+    assert type(strategy) is cls
+    assert strategy.min_replies == 3 and strategy.min_available_nodes == 3
+    assert strategy.weighted_by_key == "num-examples"
+    assert strategy.round_offset == 0
+
+
+def test_fedadam_state_survives_a_save_and_restore() -> None:
+    fed = FederationConfig.from_run_config({"strategy": "fedadam"})
+    a, b = build_strategy(fed), build_strategy(fed)
+    a.m_t = {"w": np.arange(3.0)}
+    a.v_t = {"w": np.arange(3.0) ** 2}
+    b.load_state_arrays(a.state_arrays())
+    np.testing.assert_array_equal(b.v_t["w"], [0.0, 1.0, 4.0])
+    assert build_strategy(FederationConfig()).state_arrays() == {}
+
+
+def test_replies_are_checked_one_by_one_not_by_matching_metric_keys() -> None:
+    """Flower's default check drops the whole round when sites send different metric keys;
+    survfed sites do (small sites send only num-examples), so each reply is judged alone."""
+    strategy = build_strategy(FederationConfig())
+    strategy._expected = {"w": (2, 3), "b": (3,)}
+    good = ArrayRecord({"w": Array(np.zeros((2, 3))), "b": Array(np.zeros(3))})
+
+    def reply(arrays: ArrayRecord, **metrics: float) -> RecordDict:
+        return RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics)})
+
+    assert strategy._reply_problem(reply(good, **{"num-examples": 6})) is None
+    assert strategy._reply_problem(reply(good, **{"num-examples": 30, "train-loss": 1.0})) is None
+    wrong = ArrayRecord({"w": Array(np.zeros((3, 2))), "b": Array(np.zeros(3))})
+    assert "shapes" in strategy._reply_problem(reply(wrong, **{"num-examples": 6}))
+    assert "num-examples" in strategy._reply_problem(reply(good, **{"train-loss": 1.0}))
+    assert "num-examples" in strategy._reply_problem(reply(good, **{"num-examples": 0}))
+    two = RecordDict({"a": good, "b": good, "m": MetricRecord({"num-examples": 1})})
+    assert "one ArrayRecord" in strategy._reply_problem(two)
