@@ -13,6 +13,9 @@ Handlers:
 * ``train`` — receive ``arrays`` (the global state dict) and ``config`` (identity,
   ``server-round``, optional ``proximal-mu``); reply ``arrays`` (updated weights) and
   ``metrics`` (``num-examples`` + :data:`~survfed.client.local_training.TRAIN_METRICS`).
+  The site's AdamW moments are kept from round to round in the node's run state
+  (``context.state``, local to the SuperNode), so local training continues like one long
+  run instead of restarting Adam every round.
 * ``query`` — receive the final ``arrays``; reply ``aggregates`` (``events``, ``risk-sum`` on
   the common time grid) and ``metrics`` (``num-examples``).
 
@@ -40,6 +43,8 @@ from survfed.common.survival.model import ModelConfig
 __all__ = ["APP_NAME", "QUERY_METRICS", "TRAIN_METRICS", "app", "load_site_dataset"]
 
 QUERY_METRICS = ("num-examples",)
+OPTIMIZER_STATE_KEY = "survfed-optimizer"
+"""Key of the site's AdamW moments in the node's run state (``context.state``)."""
 
 
 def load_site_dataset(ctx: SiteContext, model: ModelConfig) -> CropDataset:
@@ -62,6 +67,7 @@ def train(msg: Message, context: Context) -> Message:
     """Local training on the site's patients; reply weights + num-examples (+ aggregates)."""
     fed, dataset, site = _setup(msg, context)
     config = msg.content["config"]
+    kept = context.state.array_records.get(OPTIMIZER_STATE_KEY)
     update = train_locally(
         msg.content["arrays"].to_torch_state_dict(),
         dataset,
@@ -70,7 +76,12 @@ def train(msg: Message, context: Context) -> Message:
         server_round=int(config.get("server-round", 0)),
         proximal_mu=float(config.get("proximal-mu", 0.0)),
         min_patients_for_metrics=fed.min_patients_for_metrics,
+        optimizer_state={k: a.numpy() for k, a in kept.items()} if kept else None,
     )
+    if update.optimizer_state:  # stays at the site (node state), never in a reply
+        context.state[OPTIMIZER_STATE_KEY] = ArrayRecord(
+            {k: Array(v) for k, v in update.optimizer_state.items()}
+        )
     content = RecordDict(
         {
             "arrays": ArrayRecord(update.state_dict),

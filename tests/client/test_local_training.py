@@ -87,3 +87,23 @@ def test_breslow_sums_count_every_event_on_the_grid(site) -> None:
     assert int(agg.events.sum()) == int(inside.sum())
     assert agg.risk_sum[0] > 0 and np.all(np.diff(agg.risk_sum) <= 1e-9)  # risk set shrinks
     check_reply_content(RecordDict({"aggregates": ArrayRecord({"events": Array(agg.events)})}), ())
+
+
+def test_adam_moments_carry_over_between_rounds(site) -> None:
+    fed, ds, _, _ = site
+    w0 = initial_state(fed)
+    first = train_locally(w0, ds, fed.train, site="iowa", server_round=1)
+    state = first.optimizer_state
+    assert state is not None and any(k.endswith(".exp_avg_sq") for k in state)
+    steps = [float(v) for k, v in state.items() if k.endswith(".step")]
+    resumed = train_locally(
+        first.state_dict, ds, fed.train, site="iowa", server_round=2, optimizer_state=state
+    )
+    fresh = train_locally(first.state_dict, ds, fed.train, site="iowa", server_round=2)
+    later = [float(v) for k, v in resumed.optimizer_state.items() if k.endswith(".step")]
+    assert later[0] == 2 * steps[0]  # the step count (Adam's bias correction) continues
+    assert _distance(resumed.state_dict, fresh.state_dict) > 0
+    # a state from another model is ignored instead of breaking the round
+    bad = {"0.exp_avg": np.zeros(3), "0.exp_avg_sq": np.zeros(3), "0.step": np.array(1.0)}
+    ok = train_locally(w0, ds, fed.train, site="iowa", server_round=1, optimizer_state=bad)
+    assert _distance(ok.state_dict, first.state_dict) == 0

@@ -33,8 +33,10 @@ Decisions (documented here because they change what a site trains on):
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -629,8 +631,15 @@ def load_series(plan: SeriesPlan) -> Volume:
     n = len(plan.headers)
     first = plan.headers[0]
     stack = np.empty((n, int(first.rows or 0), int(first.columns or 0)), dtype=np.float32)
-    for index, header in enumerate(plan.headers):
-        stack[index] = _decode_hu(header)
+    workers = min(8, os.cpu_count() or 1)
+    if n >= 16 and workers > 1:
+        # decoders (CharLS, OpenJPEG, RLE) release the GIL for much of their work
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for index, hu in enumerate(pool.map(_decode_hu, plan.headers)):
+                stack[index] = hu
+    else:
+        for index, header in enumerate(plan.headers):
+            stack[index] = _decode_hu(header)
     if plan.tilt_deg > 0:
         from scipy.ndimage import shift
 

@@ -301,7 +301,6 @@ def write_ct_series(
     direction = volume.direction
     normal = np.cross(direction[:, 0], direction[:, 1])
     origin = np.asarray(volume.origin, dtype=np.float64)
-    stored = hu_to_stored(volume.array, encoding)
     paths: list[Path] = []
     for k in range(n_slices):
         sop_uid = generate_uid(
@@ -322,7 +321,7 @@ def write_ct_series(
         file_meta.ImplementationVersionName = f"PYDICOM {pydicom.__version__}"[:16]
         ds.file_meta = file_meta
 
-        pixels = np.ascontiguousarray(stored[k])
+        pixels = np.ascontiguousarray(hu_to_stored(volume.array[k], encoding))  # per slice
         if transfer_syntax == ExplicitVRLittleEndian:
             ds.PixelData = pixels.tobytes()
             ds["PixelData"].VR = "OW"
