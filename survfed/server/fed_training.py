@@ -137,7 +137,8 @@ def _write_report(
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     keys = [k for k in ("c_index", "uno_c_index", "auc", "oracle_c_index") if k in history[-1]]
-    paths.append(plot_metric_history(history, keys, out / "heldout_metrics_per_round.png"))
+    if keys:  # no held-out cohort configured: nothing to plot
+        paths.append(plot_metric_history(history, keys, out / "heldout_metrics_per_round.png"))
     rows = [r for r in history if r.get("train_loss") is not None]
     if rows:
         paths.append(

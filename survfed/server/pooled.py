@@ -156,6 +156,7 @@ def train_pooled(
             max_grad_norm=config.max_grad_norm,
             amp=device.startswith("cuda"),
             augment=augment,
+            progress=progress,
         )
         g = predict(model, dataset, device=device, batch_size=32)
         row = {
