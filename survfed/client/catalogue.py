@@ -324,6 +324,16 @@ def _choose(
                         f"CT series {candidate.uid} unusable: {reason}{fallback}",
                     )
                 )
+            else:  # a series that would not have been chosen anyway: still say what is wrong
+                problems.append(
+                    Problem(
+                        patient_id,
+                        _relative(site_dir, candidate.error.path),
+                        f"CT series {candidate.uid} unusable: {reason} (not needed: series "
+                        f"{chosen.uid if chosen else '?'} is used)",
+                        "warning",
+                    )
+                )
             continue
         assert chosen is not None
         why = (

@@ -343,6 +343,26 @@ def test_falls_back_when_the_preferred_series_is_unusable(site: Path):
     assert catalogue.patients["P1"].plan.headers[0].study_date == "20200101"
 
 
+def test_a_broken_older_series_is_reported_but_not_fatal(site: Path):
+    dicom = site / "dicom"
+    older = write_series(
+        dicom,
+        "P1",
+        sphere_volume(sphere_center(0)),
+        tag="older",
+        study_date="20150101",
+        shuffle_seed=None,
+    )
+    older[3].write_bytes(older[3].read_bytes()[:1500])  # truncated file in the unused series
+    catalogue = catalogue_site(site)
+    assert _errors(catalogue) == []
+    (warning,) = [p for p in catalogue.problems if p.severity == "warning"]
+    assert warning.patient_id == "P1" and "truncated" in warning.reason
+    assert "not needed" in warning.reason and warning.path.endswith(older[3].name)
+    assert _usable(catalogue) == list(PATIENTS)
+    assert catalogue.patients["P1"].plan.headers[0].study_date == "20200101"
+
+
 def test_decode_failure_becomes_a_problem(tmp_path: Path):
     site = make_site(
         tmp_path / "s", PATIENTS, encodings=[PixelEncoding(transfer_syntax_uid=JPEGLSLossless)]
