@@ -187,6 +187,10 @@ def run(args: argparse.Namespace) -> int:
     def log(message: str) -> None:
         print(message, file=sys.stderr if args.json else sys.stdout, flush=True)
 
+    from survfed.server.federation import install_stop_signals
+
+    install_stop_signals()
+
     started = time.perf_counter()
     try:
         train = parse_train_sites(args.sites)

@@ -83,8 +83,9 @@ def _add_start(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_start(args: argparse.Namespace) -> int:
-    from survfed.server.federation import read_settings, run_federation
+    from survfed.server.federation import install_stop_signals, read_settings, run_federation
 
+    install_stop_signals()  # systemd's SIGTERM stops the run and the SuperLink cleanly
     try:
         settings = read_settings(args.config, run_dir=args.resume, insecure=args.insecure)
         if args.insecure:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import csv
 import json
+import signal
 import sys
 import time
 import tomllib
@@ -66,6 +67,7 @@ __all__ = [
     "RunOutcome",
     "ServerSettings",
     "admit_sites",
+    "install_stop_signals",
     "read_settings",
     "run_federation",
     "write_app_dir",
@@ -164,6 +166,20 @@ def read_settings(
         federation=dict(data.get("federation", {})),
         insecure=insecure,
     )
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def install_stop_signals() -> None:
+    """SIGTERM and SIGHUP unwind like Ctrl-C, so every started process is stopped.
+
+    (Python ignores SIGINT when it starts with SIGINT ignored, as in a background job of a
+    non-interactive shell; SIGINT is then re-enabled too.)
+    """
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        signal.signal(sig, _raise_interrupt)
 
 
 def write_app_dir(app_dir: str | Path, run_config: Mapping[str, Any]) -> Path:

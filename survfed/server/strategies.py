@@ -101,6 +101,7 @@ class _SurvfedMixin:
         entry["started"] = time.monotonic()
         entry["model_bytes"] = array_bytes(arrays)
         self._expected = {k: tuple(a.shape) for k, a in arrays.items()}
+        entry["messages"] = messages  # their ids are set when the grid pushes them
         for msg in messages:
             entry["sent"].append(
                 {"node_id": int(msg.metadata.dst_node_id), "bytes": content_bytes(msg.content)}
@@ -115,8 +116,12 @@ class _SurvfedMixin:
         entry = self.round_log.entry(rnd)
         entry["received"] = time.monotonic()
         start = len(entry["replies"])
+        # error replies made by the SuperLink (e.g. "Node Unavailable") do not carry the
+        # site's node id as source: attribute replies through the instruction they answer
+        dst = {m.metadata.message_id: m.metadata.dst_node_id for m in entry.get("messages", [])}
         for reply in replies:
-            item: dict[str, Any] = {"node_id": int(reply.metadata.src_node_id)}
+            node = dst.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
+            item: dict[str, Any] = {"node_id": int(node)}
             if reply.has_error():
                 item["error"] = f"{reply.error.code}: {reply.error.reason}"
             else:
@@ -127,6 +132,7 @@ class _SurvfedMixin:
                     k: v for m in metrics.values() for k, v in m.items() if not isinstance(v, list)
                 }
             entry["replies"].append(item)
+        entry.pop("messages", None)  # they hold the round's global model: do not keep them
         ok = []
         for reply, item in zip(replies, entry["replies"][start:], strict=True):
             if reply.has_error():

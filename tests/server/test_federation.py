@@ -66,7 +66,7 @@ def _wait_for_round(run_dir: Path, rnd: int, timeout_s: float, link: SuperLink) 
     raise TimeoutError(f"no checkpoint of round {rnd} after {timeout_s} s")
 
 
-@pytest.mark.slow  # ~2-3 min on 2 shared cores: 2 SuperLink starts, 3 rounds, a round timeout
+@pytest.mark.slow  # ~2.5-4 min on 2 shared cores: 2 SuperLink starts, 3 rounds, a lost site
 def test_federation_survives_a_site_crash_and_a_server_restart(
     tiny_cohort: Path, tmp_path: Path
 ) -> None:
@@ -81,7 +81,7 @@ def test_federation_survives_a_site_crash_and_a_server_restart(
         federation={
             "num-server-rounds": ROUNDS,
             "min-sites": 1,
-            "round-timeout-s": 45.0,
+            "round-timeout-s": 90.0,  # stale work of the killed run can delay a site
             "min-patients-for-metrics": 3,
             "eval-cohorts": str(tiny_cohort / "stanford"),
             "bootstrap-per-round": 5,
@@ -180,7 +180,11 @@ def _check_run_folder(run_dir: Path, node_ids: dict[str, int]) -> None:
     audit = [json.loads(line) for line in (run_dir / "replies.jsonl").read_text().splitlines()]
     assert {e["round"] for e in audit} == {1, 2, 3}
     assert {e["site"] for e in audit if "content" in e} == set(SITES)
+    # maastro's missing round-2 reply is either the SuperLink's "Node Unavailable" error
+    # (heartbeat expired) or nothing (round timeout first); either way it is attributed to
+    # a registered site, never to a made-up node
     assert {e["node_id"] for e in audit} <= set(node_ids.values())
+    assert all(e["round"] == 2 and e["site"] == "maastro" for e in audit if "error" in e)
     for entry in audit:
         if "error" in entry:
             continue
