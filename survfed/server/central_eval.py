@@ -8,6 +8,7 @@ bootstrap intervals, plus the oracle C-index when the cohort's ``_truth/`` is pr
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +21,37 @@ from survfed.client.site_data import load_site_data
 from survfed.common.config import TrainConfig, resolve_device
 from survfed.common.survival.baseline import BaselineHazard
 from survfed.common.survival.evaluation import EvaluationResult, evaluate_predictions
+from survfed.common.survival.model import CropSurvivalModel, ModelConfig
+from survfed.common.survival.plots import write_report
 from survfed.common.survival.train import predict
-from survfed.server.evaluate import read_truth_log_hazard
 
-__all__ = ["HeldOutCohort", "evaluate_state", "load_held_out", "summary_row"]
+__all__ = [
+    "HeldOutCohort",
+    "evaluate_state",
+    "load_held_out",
+    "read_truth_log_hazard",
+    "score_cohort",
+    "summary_row",
+    "write_cohort_report",
+]
+
+
+def read_truth_log_hazard(cohort_dir: Path, patient_ids: list[str]) -> np.ndarray | None:
+    """True log-hazards of ``patient_ids`` from ``<cohort>/../_truth/<site>/truth.csv``.
+
+    Returns ``None`` when there is no truth file (a real cohort) or it lacks a patient.
+    """
+    truth = cohort_dir.parent / "_truth" / cohort_dir.name / "truth.csv"
+    if not truth.is_file():
+        return None
+    with truth.open(newline="") as fh:
+        rows = {row["patient_id"]: row for row in csv.DictReader(fh)}
+    if not rows or "log_hazard" not in next(iter(rows.values())):
+        return None
+    try:
+        return np.array([float(rows[pid]["log_hazard"]) for pid in patient_ids])
+    except KeyError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -42,15 +70,19 @@ class HeldOutCohort:
 
 
 def load_held_out(
-    cohort_dirs: Sequence[str | Path], cache_dir: str | Path, config: TrainConfig
+    cohort_dirs: Sequence[str | Path],
+    cache_dir: str | Path,
+    model_config: ModelConfig,
+    *,
+    progress: bool = False,
 ) -> list[HeldOutCohort]:
     """Catalogue and crop each held-out cohort once (crops cached under ``cache_dir``)."""
     cohorts = []
     for d in cohort_dirs:
         path = Path(d)
         if not path.is_dir():
-            raise FileNotFoundError(f"eval-cohorts: {path} is not a folder")
-        site = load_site_data(path, cache_dir, config.model, progress=False, in_memory=True)
+            raise FileNotFoundError(f"held-out cohort {path} is not a folder")
+        site = load_site_data(path, cache_dir, model_config, progress=progress, in_memory=True)
         oracle = read_truth_log_hazard(path, site.dataset.patient_ids)
         cohorts.append(HeldOutCohort(site.name, site.dataset, oracle))
     names = [c.name for c in cohorts]
@@ -75,20 +107,62 @@ def evaluate_state(
     model.to(device)
     out = {}
     for cohort in cohorts:
-        ds = cohort.dataset
-        g = predict(model, ds, device=device, batch_size=32)
-        result = evaluate_predictions(
-            g,
-            ds.times,
-            ds.events,
-            ds.cancer,
-            baseline=baseline,
-            oracle_log_hz=cohort.oracle,
-            n_bootstrap=n_bootstrap,
-            seed=seed,
+        out[cohort.name] = score_cohort(
+            model, cohort, device=device, n_bootstrap=n_bootstrap, seed=seed, baseline=baseline
         )
-        out[cohort.name] = (result, g)
     return out
+
+
+def score_cohort(
+    model: CropSurvivalModel,
+    cohort: HeldOutCohort,
+    *,
+    device: str,
+    n_bootstrap: int,
+    seed: int = 0,
+    baseline: BaselineHazard | None = None,
+) -> tuple[EvaluationResult, np.ndarray]:
+    """Predict every patient of ``cohort`` once and compute the whole-cohort metrics.
+
+    ``model`` must already be on ``device``. Returns the metrics and the log-hazards ``(n,)``.
+    """
+    ds = cohort.dataset
+    g = predict(model, ds, device=device, batch_size=32)
+    result = evaluate_predictions(
+        g,
+        ds.times,
+        ds.events,
+        ds.cancer,
+        baseline=baseline,
+        oracle_log_hz=cohort.oracle,
+        n_bootstrap=n_bootstrap,
+        seed=seed,
+    )
+    return result, g
+
+
+def write_cohort_report(
+    cohort: HeldOutCohort,
+    result: EvaluationResult,
+    g: np.ndarray,
+    report_dir: Path,
+    *,
+    baseline: BaselineHazard | None,
+    title: str,
+) -> Path:
+    """Write the report folder (JSON, markdown, plots) of one scored cohort."""
+    ds = cohort.dataset
+    write_report(
+        result,
+        g,
+        ds.times,
+        ds.events,
+        report_dir,
+        cancer=ds.cancer,
+        baseline=baseline,
+        title=title,
+    )
+    return report_dir
 
 
 def summary_row(result: EvaluationResult, prefix: str = "") -> dict[str, float | None]:

@@ -8,21 +8,16 @@ the oracle C-index (the best any image model can reach) is reported beside the m
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from survfed.client.site_data import load_site_data
 from survfed.common.config import resolve_device
 from survfed.common.run_folder import RunFolder
-from survfed.common.survival.evaluation import EvaluationResult, evaluate_predictions
+from survfed.common.survival.evaluation import EvaluationResult
 from survfed.common.survival.model import load_model
-from survfed.common.survival.plots import write_report
-from survfed.common.survival.train import predict
+from survfed.server.central_eval import load_held_out, score_cohort, write_cohort_report
 
-__all__ = ["CohortEvaluation", "evaluate_run", "read_truth_log_hazard"]
+__all__ = ["CohortEvaluation", "evaluate_run"]
 
 
 @dataclass(frozen=True)
@@ -41,24 +36,6 @@ class CohortEvaluation:
             "excluded_patients": self.excluded,
             "report": str(self.report_dir),
         }
-
-
-def read_truth_log_hazard(cohort_dir: Path, patient_ids: list[str]) -> np.ndarray | None:
-    """True log-hazards of ``patient_ids`` from ``<cohort>/../_truth/<site>/truth.csv``.
-
-    Returns ``None`` when there is no truth file (a real cohort) or it lacks a patient.
-    """
-    truth = cohort_dir.parent / "_truth" / cohort_dir.name / "truth.csv"
-    if not truth.is_file():
-        return None
-    with truth.open(newline="") as fh:
-        rows = {row["patient_id"]: row for row in csv.DictReader(fh)}
-    if not rows or "log_hazard" not in next(iter(rows.values())):
-        return None
-    try:
-        return np.array([float(rows[pid]["log_hazard"]) for pid in patient_ids])
-    except KeyError:
-        return None
 
 
 def evaluate_run(
@@ -91,29 +68,22 @@ def evaluate_run(
     baseline = run.read_baseline()
     device = resolve_device(device)
     cache = Path(cache_dir) if cache_dir is not None else run.path / "cache"
-    site = load_site_data(cohort_dir, cache, model_config, progress=progress)
-    ds = site.dataset
-    g = predict(model.to(device), ds, device=device, batch_size=32)
-    oracle = read_truth_log_hazard(cohort_dir, ds.patient_ids)
-    result = evaluate_predictions(
-        g,
-        ds.times,
-        ds.events,
-        ds.cancer,
-        baseline=baseline,
-        oracle_log_hz=oracle,
+    (cohort,) = load_held_out([cohort_dir], cache, model_config, progress=progress)
+    result, g = score_cohort(
+        model.to(device),
+        cohort,
+        device=device,
         n_bootstrap=n_bootstrap,
         seed=seed,
+        baseline=baseline,
     )
-    report_dir = Path(out_dir) if out_dir is not None else run.path / f"eval-{site.name}"
-    write_report(
+    report_dir = Path(out_dir) if out_dir is not None else run.path / f"eval-{cohort.name}"
+    write_cohort_report(
+        cohort,
         result,
         g,
-        ds.times,
-        ds.events,
         report_dir,
-        cancer=ds.cancer,
         baseline=baseline,
-        title=f"survfed evaluation: {run.path.name} on {site.name}",
+        title=f"survfed evaluation: {run.path.name} on {cohort.name}",
     )
-    return CohortEvaluation(site.name, result, report_dir, len(ds.excluded))
+    return CohortEvaluation(cohort.name, result, report_dir, len(cohort.dataset.excluded))

@@ -40,8 +40,13 @@ from survfed.app.identity import app_identity
 from survfed.common.run_folder import RunFolder
 from survfed.common.survival.baseline import baseline_from_aggregates, make_time_grid
 from survfed.common.survival.model import save_model
-from survfed.common.survival.plots import plot_metric_history, write_report
-from survfed.server.central_eval import evaluate_state, load_held_out, summary_row
+from survfed.common.survival.plots import plot_metric_history
+from survfed.server.central_eval import (
+    evaluate_state,
+    load_held_out,
+    summary_row,
+    write_cohort_report,
+)
 from survfed.server.checkpoint import load_checkpoint, save_checkpoint
 from survfed.server.strategies import build_strategy
 
@@ -182,7 +187,7 @@ def run_federated_training(
         },
     )
     cache = Path(fed.eval_cache_dir) if fed.eval_cache_dir else run.path / "cache"
-    cohorts = load_held_out(fed.eval_cohorts, cache, fed.train)
+    cohorts = load_held_out(fed.eval_cohorts, cache, fed.train.model)
     for c in cohorts:
         log(f"held-out cohort {c.name}: {len(c.dataset)} patients")
     strategy = build_strategy(fed)
@@ -299,19 +304,17 @@ def run_federated_training(
         baseline=baseline,
     )
     evaluations = {}
-    for name, (result, g) in final.items():
-        ds = next(c.dataset for c in cohorts if c.name == name)
-        report_dir = run.path / f"eval-{name}"
-        write_report(
+    for cohort in cohorts:
+        result, g = final[cohort.name]
+        report_dir = write_cohort_report(
+            cohort,
             result,
             g,
-            ds.times,
-            ds.events,
-            report_dir,
-            cancer=ds.cancer,
+            run.path / f"eval-{cohort.name}",
             baseline=baseline,
-            title=f"survfed federated model ({run.path.name}) on {name}",
+            title=f"survfed federated model ({run.path.name}) on {cohort.name}",
         )
+        name = cohort.name
         evaluations[name] = {**result.to_dict(), "report": str(report_dir)}
     sites = sorted({k.split("/")[0] for r in site_history for k in r if "/" in k})
     plots = _write_report(run, history, site_history, sites) if history else []
