@@ -140,6 +140,14 @@ def _pick(df: pd.DataFrame, names: tuple[str, ...], path: Path) -> pd.Series:
     raise SystemExit(f"{path}: none of the columns {names} found (columns: {list(df.columns)})")
 
 
+def _n_nodules(df: pd.DataFrame, path: Path) -> np.ndarray:
+    """Nodules per patient: ``n_nodules`` if present, else ``n_malignant + n_benign``."""
+    if "n_nodules" in df.columns:
+        return df["n_nodules"].to_numpy(float)
+    malignant = _pick(df, ("n_malignant",), path).to_numpy(float)
+    return malignant + _pick(df, ("n_benign",), path).to_numpy(float)
+
+
 def _find_rate(node: object, site: str) -> float | None:
     """Search cohort.json for the site's baseline hazard per year (layout-tolerant)."""
     if isinstance(node, dict):
@@ -199,7 +207,7 @@ def load_cohort(root: Path) -> pd.DataFrame:
                     ),
                     "irregularity": np.nan_to_num(irregularity),
                     "age": _pick(df, ("age", "age_years"), csv).to_numpy(float),
-                    "n_nodules": _pick(df, ("n_nodules", "nodules"), csv).to_numpy(float),
+                    "n_nodules": _n_nodules(df, csv),
                     "log_hazard": eta,
                     "true_log_rate": eta + age_term,
                     "baseline_rate": rate,
