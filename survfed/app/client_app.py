@@ -13,9 +13,10 @@ Handlers:
 * ``train`` — receive ``arrays`` (the global state dict) and ``config`` (identity,
   ``server-round``, optional ``proximal-mu``); reply ``arrays`` (updated weights) and
   ``metrics`` (``num-examples`` + :data:`~survfed.client.local_training.TRAIN_METRICS`).
-  The site's AdamW moments are kept from round to round in the node's run state
-  (``context.state``, local to the SuperNode), so local training continues like one long
-  run instead of restarting Adam every round.
+  The site's AdamW moments are kept from round to round on the site's disk
+  (:class:`~survfed.client.optimizer_store.OptimizerStore`, keyed by the run folder, so a
+  resumed run continues them too), so local training continues like one long run instead
+  of restarting Adam every round.
 * ``query`` — receive the final ``arrays``; reply ``aggregates`` (``events``, ``risk-sum`` on
   the common time grid) and ``metrics`` (``num-examples``).
 
@@ -37,14 +38,13 @@ from survfed.client.local_training import (
     local_breslow_aggregates,
     train_locally,
 )
+from survfed.client.optimizer_store import OptimizerStore
 from survfed.client.site_snapshot import open_site_dataset
 from survfed.common.survival.model import ModelConfig
 
 __all__ = ["APP_NAME", "QUERY_METRICS", "TRAIN_METRICS", "app", "load_site_dataset"]
 
 QUERY_METRICS = ("num-examples",)
-OPTIMIZER_STATE_KEY = "survfed-optimizer"
-"""Key of the site's AdamW moments in the node's run state (``context.state``)."""
 
 
 def load_site_dataset(ctx: SiteContext, model: ModelConfig) -> CropDataset:
@@ -52,11 +52,11 @@ def load_site_dataset(ctx: SiteContext, model: ModelConfig) -> CropDataset:
     return open_site_dataset(ctx.site, ctx.data_dir, ctx.cache_dir, model)
 
 
-def _setup(msg: Message, context: Context) -> tuple[FederationConfig, CropDataset, str]:
+def _setup(msg: Message, context: Context) -> tuple[FederationConfig, CropDataset, SiteContext]:
     check_app_identity(msg.content["config"], APP_NAME)
     fed = FederationConfig.from_run_config(dict(context.run_config))
     ctx = site_context(dict(context.node_config), fed)
-    return fed, load_site_dataset(ctx, fed.train.model), ctx.site
+    return fed, load_site_dataset(ctx, fed.train.model), ctx
 
 
 app = ClientApp()
@@ -65,23 +65,22 @@ app = ClientApp()
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Local training on the site's patients; reply weights + num-examples (+ aggregates)."""
-    fed, dataset, site = _setup(msg, context)
+    fed, dataset, ctx = _setup(msg, context)
     config = msg.content["config"]
-    kept = context.state.array_records.get(OPTIMIZER_STATE_KEY)
+    server_round = int(config.get("server-round", 0))
+    store = OptimizerStore(ctx.cache_dir, fed.run_dir or str(context.run_id))
     update = train_locally(
         msg.content["arrays"].to_torch_state_dict(),
         dataset,
         fed.train,
-        site=site,
-        server_round=int(config.get("server-round", 0)),
+        site=ctx.site,
+        server_round=server_round,
         proximal_mu=float(config.get("proximal-mu", 0.0)),
         min_patients_for_metrics=fed.min_patients_for_metrics,
-        optimizer_state={k: a.numpy() for k, a in kept.items()} if kept else None,
+        optimizer_state=store.load(server_round),
     )
-    if update.optimizer_state:  # stays at the site (node state), never in a reply
-        context.state[OPTIMIZER_STATE_KEY] = ArrayRecord(
-            {k: Array(v) for k, v in update.optimizer_state.items()}
-        )
+    if update.optimizer_state:  # stays at the site, never in a reply
+        store.save(server_round, update.optimizer_state)
     content = RecordDict(
         {
             "arrays": ArrayRecord(update.state_dict),

@@ -28,7 +28,9 @@ Run config keys (all optional except ``run-dir``)::
     encoder = "small"  k = 5  crop-size = 32  spacing-mm = 1.0  hu-low = -1200.0
     hu-high = 600.0  feature-dim = 128  hidden = 32
     cox-weight = 1.0  bce-weight = 1.0  ties = "efron"
-    sim-cohort = ""               # simulation only: partition-id -> sorted site folders here
+    sim-cohort = ""               # simulation only: the cohort folder of the virtual sites
+    sim-sites = ""                # simulation only: comma-separated site folders of sim-cohort
+                                  # (partition i -> i-th); default: every folder not evaluated
 
 Node config keys (per site, from ``flower-supernode --node-config``): ``site``, ``data-dir``,
 ``cache-dir`` (default ``<data-dir>/../.survfed-cache/<site>``).
@@ -51,6 +53,7 @@ __all__ = [
     "STRATEGIES",
     "FederationConfig",
     "SiteContext",
+    "simulation_sites",
     "site_context",
 ]
 
@@ -95,6 +98,7 @@ _FED_KEYS = (
     "resume",
     "seed",
     "sim-cohort",
+    "sim-sites",
     "hu-low",
     "hu-high",
 )
@@ -127,6 +131,11 @@ def _str(data: Mapping[str, Any], key: str, default: str) -> str:
     return value
 
 
+def _list(data: Mapping[str, Any], key: str) -> tuple[str, ...]:
+    """A comma-separated string as a tuple of its non-empty, stripped items."""
+    return tuple(c.strip() for c in _str(data, key, "").split(",") if c.strip())
+
+
 def _bool(data: Mapping[str, Any], key: str, default: bool) -> bool:
     value = data.get(key, default)
     if isinstance(value, str) and value.lower() in ("true", "false"):
@@ -154,8 +163,10 @@ class FederationConfig:
         eval_cache_dir: crop cache for the held-out cohorts (``None`` = ``run_dir/cache``).
         bootstrap_per_round, bootstrap_final: bootstrap resamples per round / at the end.
         resume: continue from ``run_dir/checkpoint`` instead of refusing an existing one.
-        sim_cohort: simulation engine only: cohort folder whose sorted site folders are the
-            virtual sites (partition id ``i`` -> ``i``-th folder).
+        sim_cohort: simulation engine only: the cohort folder holding the virtual sites.
+        sim_sites: simulation engine only: the site folders of ``sim_cohort`` that train
+            (partition id ``i`` -> ``i``-th); empty = every site folder that is not one of
+            ``eval_cohorts``, sorted by name.
         train: model, loss and optimiser settings; ``train.epochs`` = local epochs per round.
     """
 
@@ -174,6 +185,7 @@ class FederationConfig:
     bootstrap_final: int = 200
     resume: bool = False
     sim_cohort: str = ""
+    sim_sites: tuple[str, ...] = ()
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=1))
 
     def __post_init__(self) -> None:
@@ -228,7 +240,7 @@ class FederationConfig:
             model=ModelConfig.from_dict(sections["model"]),
             loss=LossConfig.from_dict(sections["loss"]),
         )
-        cohorts = tuple(c.strip() for c in _str(data, "eval-cohorts", "").split(",") if c.strip())
+        cohorts = _list(data, "eval-cohorts")
         return cls(
             num_server_rounds=_int(data, "num-server-rounds", 5, 1),
             strategy=_str(data, "strategy", "fedavg").lower(),
@@ -245,6 +257,7 @@ class FederationConfig:
             bootstrap_final=_int(data, "bootstrap-final", 200, 0),
             resume=_bool(data, "resume", False),
             sim_cohort=_str(data, "sim-cohort", ""),
+            sim_sites=_list(data, "sim-sites"),
             train=train,
         )
 
@@ -269,6 +282,7 @@ class FederationConfig:
             "resume": self.resume,
             "seed": t.seed,
             "sim-cohort": self.sim_cohort,
+            "sim-sites": ",".join(self.sim_sites),
             "hu-low": t.model.hu_window[0],
             "hu-high": t.model.hu_window[1],
         }
@@ -300,28 +314,45 @@ class SiteContext:
     cache_dir: Path
 
 
+def simulation_sites(fed: FederationConfig) -> list[Path]:
+    """The simulation's training site folders, in partition order (see ``sim-sites``).
+
+    Without ``sim-sites``: every folder of ``sim-cohort`` not starting with ``_`` or ``.``
+    and not one of the held-out ``eval-cohorts``, sorted by name.
+    """
+    cohort = Path(fed.sim_cohort)
+    if fed.sim_sites:
+        folders = [cohort / name for name in fed.sim_sites]
+        missing = [str(f) for f in folders if not f.is_dir()]
+        if missing:
+            raise ValueError(f"run config 'sim-sites' names missing folders: {missing}")
+        return folders
+    held_out = {Path(c).resolve() for c in fed.eval_cohorts}
+    return sorted(
+        p
+        for p in cohort.iterdir()
+        if p.is_dir() and not p.name.startswith(("_", ".")) and p.resolve() not in held_out
+    )
+
+
 def site_context(node_config: Mapping[str, Any], fed: FederationConfig) -> SiteContext:
     """The site's name and folders from ``context.node_config``.
 
     Deployment: the SuperNode's node config carries ``site`` and ``data-dir`` (and optionally
     ``cache-dir``). Simulation: node config has ``partition-id``; with ``sim-cohort`` set in
-    the run config, partition ``i`` is the ``i``-th site folder (sorted by name, folders
-    starting with ``_`` or ``.`` skipped) of that cohort.
+    the run config, partition ``i`` is the ``i``-th of :func:`simulation_sites`.
     """
     site = node_config.get("site")
     data = node_config.get("data-dir")
     if isinstance(site, str) and site and isinstance(data, str) and data:
         data_dir = Path(data)
     elif "partition-id" in node_config and fed.sim_cohort:
-        cohort = Path(fed.sim_cohort)
-        folders = sorted(
-            p for p in cohort.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))
-        )
+        folders = simulation_sites(fed)
         pid = int(node_config["partition-id"])
         if not 0 <= pid < len(folders):
             raise ValueError(
-                f"partition-id {pid} has no site folder: sim-cohort {cohort} holds "
-                f"{len(folders)} site folders"
+                f"partition-id {pid} has no site folder: sim-cohort {fed.sim_cohort} has "
+                f"{len(folders)} training site folders"
             )
         data_dir = folders[pid]
         site = data_dir.name

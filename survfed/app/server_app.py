@@ -19,6 +19,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from survfed.app.config import FederationConfig
 from survfed.server.fed_training import run_federated_training
+from survfed.server.prompt_grid import PromptGrid
 
 __all__ = ["app"]
 
@@ -33,4 +34,4 @@ def _log(message: str) -> None:
 def main(grid: Grid, context: Context) -> None:
     """Run (or resume) the federated survival training described by the run config."""
     fed = FederationConfig.from_run_config(dict(context.run_config))
-    run_federated_training(grid, fed, log=_log)
+    run_federated_training(PromptGrid(grid), fed, log=_log)

@@ -28,11 +28,8 @@ The cache folder is the caller's choice: site folders are often read-only.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import re
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +40,12 @@ import torch
 from torch.utils.data import Dataset
 
 from survfed.client.catalogue import SiteCatalogue, SiteDataError, SitePatient
+from survfed.common.cache_files import (
+    patient_stem,
+    series_files_hash,
+    stable_hash,
+    write_npz_atomic,
+)
 from survfed.common.imaging.crops import extract_crops
 from survfed.common.survival.model import ModelConfig
 
@@ -60,9 +63,7 @@ CACHE_FORMAT_VERSION = 1
 _CROP_SOURCE = "annotations-largest-first"
 
 
-def _hash(obj: Any, length: int = 16) -> str:
-    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:length]
+_hash = stable_hash
 
 
 def _params(config: ModelConfig) -> dict[str, Any]:
@@ -80,10 +81,7 @@ def params_fingerprint(config: ModelConfig) -> str:
     return _hash(_params(config))
 
 
-def _patient_stem(patient_id: str) -> str:
-    """A file-name-safe, collision-free stem for a patient ID."""
-    safe = re.sub(r"[^A-Za-z0-9_-]", "_", patient_id)[:48] or "_"
-    return f"{safe}.{_hash(patient_id, 8)}"
+_patient_stem = patient_stem
 
 
 def _ordered_nodules(patient: SitePatient) -> np.ndarray:
@@ -94,24 +92,10 @@ def _ordered_nodules(patient: SitePatient) -> np.ndarray:
 
 
 def _source_hash(patient: SitePatient, nodules: np.ndarray) -> str:
-    files = []
-    for path in patient.files:
-        st = os.stat(path)
-        files.append([str(path), st.st_size, st.st_mtime_ns])
-    return _hash(
-        {"series": patient.series_instance_uid, "files": files, "nodules": nodules.tolist()}
-    )
+    return series_files_hash(patient.series_instance_uid, patient.files, nodules=nodules.tolist())
 
 
-def _write_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.stem + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+_write_npz_atomic = write_npz_atomic
 
 
 def _read_npz(path: Path, k: int, size: int) -> tuple[np.ndarray, np.ndarray] | None:

@@ -112,7 +112,8 @@ def train_locally(
     if len(dataset) == 0:
         raise ValueError(f"site {site}: dataset holds no patient")
     device = resolve_device(config.device)
-    torch.manual_seed(round_seed(config.seed, server_round, site))
+    seed = round_seed(config.seed, server_round, site)
+    torch.manual_seed(seed)
     model = _model_from(state_dict, config, device)
     global_params = (
         {n: p.detach().clone() for n, p in model.named_parameters()} if proximal_mu > 0 else None
@@ -126,9 +127,11 @@ def train_locally(
         dataset.sites,
         dataset.events,
         config.batch_size,
-        seed=round_seed(config.seed, server_round, site),
+        seed=seed,
         cox_only=False,
     )
+    # the same crop augmentation as the pooled baseline, seeded per site and round
+    augment = torch.Generator().manual_seed(seed) if config.augment else None
     totals = {"loss": 0.0, "cox": 0.0, "bce": 0.0, "prox": 0.0, "seconds": 0.0}
     for epoch in range(config.epochs):
         sampler.set_epoch(epoch)
@@ -143,6 +146,7 @@ def train_locally(
             global_params=global_params,
             max_grad_norm=config.max_grad_norm,
             amp=device.startswith("cuda"),
+            augment=augment,
         )
         for key in ("loss", "cox", "bce", "prox"):
             totals[key] += float(stats[key]) / config.epochs

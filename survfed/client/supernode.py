@@ -149,7 +149,15 @@ class SuperNode:
         self.cfg = cfg
         policy = cfg.policy or AppPolicy.default()
         argv = [sys.executable, "-m", "survfed.client.app_pinning", *supernode_args(cfg)]
-        env = child_env({"FLWR_HOME": str(cfg.flwr_home), **policy.to_env()})
+        env = child_env(
+            {
+                "FLWR_HOME": str(cfg.flwr_home),
+                # the SuperNode's executor looks for new work every 1 s by default; a site
+                # waits on nothing else, so look 10 times a second (a local call, no traffic)
+                "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1",
+                **policy.to_env(),
+            }
+        )
         self.process = ManagedProcess(argv, cfg.log_file, env=env, name=f"SuperNode {cfg.site}")
 
     def start(self) -> SuperNode:

@@ -7,7 +7,14 @@ import argparse
 
 def register_all(sub: argparse._SubParsersAction) -> None:
     """Add every available sub-command to ``sub``."""
-    from survfed.commands import demo, inspect_site, make_cohort, train_pooled
+    from survfed.commands import (
+        demo,
+        inspect_site,
+        make_cohort,
+        preprocess,
+        simulate,
+        train_pooled,
+    )
 
-    for module in (make_cohort, inspect_site, train_pooled, demo):
+    for module in (make_cohort, inspect_site, preprocess, train_pooled, simulate, demo):
         module.register(sub)

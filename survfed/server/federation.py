@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import signal
 import sys
 import time
@@ -317,35 +318,53 @@ def monitor_run(
     *,
     timeout_s: float,
     log: Callable[[str], None] = print,
-    poll_s: float = 2.0,
+    poll_s: float = 1.0,
+    status_every_s: float = 10.0,
+    watch_sites: bool = True,
 ) -> str:
-    """Print sites connected and one line per finished round until the run ends."""
+    """Print sites connected and one line per finished round until the run ends.
+
+    Rounds are read from the run folder every ``poll_s``; the run's status and the sites online
+    come from the ``flwr`` CLI, whose every call is a Python process of about a CPU-second, so
+    they are asked only every ``status_every_s`` (and at once when the run folder says the run
+    wrote its summary). ``watch_sites=False`` skips the sites (the simulation has no
+    SuperNodes).
+    """
     deadline = time.monotonic() + timeout_s
     seen = len(_new_rows(fed.run_path, 0)) if fed.resume else 0
     online_before = -1
     audit_seen = _audit_lines(fed.run_path) if fed.resume else 0
+    summary = fed.run_path / "summary.json"
+    asked = -math.inf
     while True:
-        try:
-            status = str(run_status(connection, run_id).get("status", ""))
-        except FlwrCliError as exc:
-            log(f"survfed-server: cannot read the run status yet: {str(exc)[:200]}")
-            status = ""
         for row in _new_rows(fed.run_path, seen):
             log(_fmt_row(row, fed.num_server_rounds))
             seen += 1
         audit_seen = _report_failed_replies(fed.run_path, audit_seen, log)
-        if status.startswith("finished"):
-            return status
-        try:
-            online = sum(1 for n in list_sites(connection) if n.get("status") == "online")
-        except FlwrCliError:
-            online = online_before
-        if online != online_before:
-            log(f"sites online: {online} (the run needs {fed.min_sites})")
-            online_before = online
+        now = time.monotonic()
+        if now - asked >= status_every_s or summary.is_file():
+            asked = now
+            try:
+                status = str(run_status(connection, run_id).get("status", ""))
+            except FlwrCliError as exc:
+                log(f"survfed-server: cannot read the run status yet: {str(exc)[:200]}")
+                status = ""
+            if status.startswith("finished"):
+                for row in _new_rows(fed.run_path, seen):
+                    log(_fmt_row(row, fed.num_server_rounds))
+                _report_failed_replies(fed.run_path, audit_seen, log)
+                return status
+            if watch_sites:
+                try:
+                    online = sum(1 for n in list_sites(connection) if n.get("status") == "online")
+                except FlwrCliError:
+                    online = online_before
+                if online != online_before:
+                    log(f"sites online: {online} (the run needs {fed.min_sites})")
+                    online_before = online
         if time.monotonic() > deadline:
             raise TimeoutError(f"run {run_id} not finished after {timeout_s:.0f} s")
-        time.sleep(poll_s)
+        time.sleep(poll_s if not summary.is_file() else min(poll_s, 1.0))
 
 
 def stop_run(connection: FlwrConnection, run_id: int) -> None:

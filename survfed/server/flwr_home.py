@@ -141,12 +141,15 @@ def submit_run(
     app_dir: str | Path,
     run_config: Mapping[str, Any] | None = None,
     *,
+    federation_config: Mapping[str, Any] | None = None,
     timeout_s: float = 120.0,
 ) -> int:
     """Submit the Flower app in ``app_dir`` as a new run; return the run id.
 
     ``run_config`` overrides ``[tool.flwr.app.config]`` keys; it is written to a TOML file
     next to ``config.toml`` and passed as ``--run-config <file>`` (no shell quoting).
+    ``federation_config`` (simulation SuperLinks: ``num-supernodes``,
+    ``client-resources-num-cpus``, ...) goes the same way to ``--federation-config``.
     """
     app = Path(app_dir)
     if not (app / "pyproject.toml").is_file():
@@ -157,6 +160,11 @@ def submit_run(
         overrides.parent.mkdir(parents=True, exist_ok=True)
         overrides.write_text(tomli_w.dumps(dict(run_config)))
         args += ["--run-config", str(overrides.resolve())]
+    if federation_config:
+        options = Path(connection.flwr_home) / "federation-config.toml"
+        options.parent.mkdir(parents=True, exist_ok=True)
+        options.write_text(tomli_w.dumps(dict(federation_config)))
+        args += ["--federation-config", str(options.resolve())]
     data = flwr_cli(connection, args, timeout_s=timeout_s)
     return int(data["run-id"])
 

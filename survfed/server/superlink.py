@@ -89,6 +89,9 @@ class SuperLinkConfig:
         ``":flwr-in-memory:"`` keeps nothing across restarts.
     control_allow
         Peer IP addresses that may use the Control and Runtime APIs.
+    simulation
+        Flower's simulation engine: the SuperLink runs the ClientApps itself (virtual sites,
+        no SuperNodes). Loopback only and without TLS: nothing leaves the machine.
     """
 
     workdir: Path
@@ -99,6 +102,7 @@ class SuperLinkConfig:
     supernode_auth: bool = True
     database: Path | str | None = None
     control_allow: tuple[str, ...] = DEFAULT_ALLOW
+    simulation: bool = False
     extra_args: tuple[str, ...] = field(default=())
 
     def __post_init__(self) -> None:
@@ -108,6 +112,8 @@ class SuperLinkConfig:
             raise ValueError("pass either tls=... or insecure=True, not both")
         if not self.insecure and self.tls is None:
             raise ValueError("tls=TlsFiles(...) is required unless insecure=True")
+        if self.simulation and not (self.insecure and _is_loopback(self.host)):
+            raise ValueError("simulation=True needs insecure=True and a loopback host")
         parse_allow_list(self.control_allow)
 
     @property
@@ -135,10 +141,19 @@ class SuperLinkConfig:
         return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
 
 
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 def superlink_args(cfg: SuperLinkConfig) -> list[str]:
     """The ``flower-superlink`` arguments for ``cfg`` (flwr 1.41 flags)."""
     args = ["--host", cfg.host, "--port", str(cfg.port), "--database", cfg.database_path]
     args += ["--disable-runtime-dependency-installation"]
+    if cfg.simulation:
+        args += ["--simulation"]
     if cfg.insecure:
         args += ["--insecure"]
     else:
@@ -179,10 +194,10 @@ class SuperLink:
 
     def start(self, timeout_s: float = 60.0) -> SuperLink:
         """Start the process and wait until its health endpoint answers."""
-        if self.cfg.insecure:
+        if self.cfg.insecure and not self.cfg.simulation:
             warnings.warn(INSECURE_WARNING, stacklevel=2)
             print(INSECURE_WARNING, file=sys.stderr)
-        else:
+        elif not self.cfg.insecure:
             assert self.cfg.tls is not None
             self.cfg.tls.check()
         Path(self.cfg.workdir).mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from survfed.client.local_training import TRAIN_METRICS
+from survfed.client.optimizer_store import OptimizerStore
 from survfed.client.supernode import SuperNode, SuperNodeConfig
 from survfed.common.survival.model import load_model
 from survfed.server.checkpoint import load_checkpoint
@@ -136,6 +137,25 @@ def test_federation_survives_a_site_crash_and_a_server_restart(
     assert status["status"] == "finished:completed", status
     assert rogue.returncode == 1 and "SuperNode exited" in rogue.stderr, rogue.stderr
     _check_run_folder(settings.run_dir, node_ids)
+    # iowa trained in rounds 1, 2 and (after the coordinator's restart) 3; its AdamW moments
+    # went on across the restart: round 3 started from round 2's step count, not from zero
+    store = OptimizerStore(tmp_path / "cache" / "iowa", str(settings.run_dir))
+    state = store.load(4)
+    assert state is not None
+    steps = {float(v) for k, v in state.items() if k.endswith(".step")}
+    assert len(steps) == 1 and steps.pop() == 3 * _batches_per_epoch(tiny_cohort / "iowa", tmp_path)
+
+
+def _batches_per_epoch(site_dir: Path, tmp_path: Path) -> int:
+    """Batches of one local epoch at iowa (6 patients, batch size 3): what the sampler says."""
+    from survfed.client.site_data import load_site_data
+    from survfed.common.survival.batching import SiteStratifiedBatchSampler
+    from survfed.common.survival.model import ModelConfig
+
+    model = ModelConfig.from_dict({"encoder": "small", "crop_size": 16, "k": 2})
+    ds = load_site_data(site_dir, tmp_path / "bpe-cache", model, progress=False)
+    sampler = SiteStratifiedBatchSampler(ds.dataset.sites, ds.dataset.events, 3, cox_only=False)
+    return len(list(sampler))
 
 
 def _unregistered_site_is_refused(

@@ -36,9 +36,9 @@ Choices the seed leaves open (its kernel sizes were lost in extraction), stated 
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 
-from monai.networks.blocks import Convolution
 from torch import nn
 
 __all__ = ["ENCODER_NAMES", "build_encoder", "count_parameters"]
@@ -49,20 +49,32 @@ ENCODER_NAMES: tuple[str, ...] = ("resnet18", "vgg16", "alexnet", "small")
 _MIN_CROP = 8
 
 
+class _ConvNormAct(nn.Sequential):
+    """3D convolution → GroupNorm → ReLU with 'same' padding (odd kernels).
+
+    The layout (``conv``, ``adn.N``, ``adn.A``) and so the state-dict keys are those of MONAI's
+    ``Convolution(adn_ordering="NA")`` block, which these encoders used before; the block is
+    spelled out in torch because ``import monai`` costs about 2 s, and a site pays that in every
+    Flower message (Flower starts a fresh ClientApp process per message). The equality of the
+    two blocks is tested (``tests/common/survival/test_encoders.py``).
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int, groups: int) -> None:
+        super().__init__(
+            OrderedDict(
+                conv=nn.Conv3d(in_ch, out_ch, kernel, stride=stride, padding=(kernel - 1) // 2),
+                adn=nn.Sequential(
+                    OrderedDict(N=nn.GroupNorm(min(groups, out_ch), out_ch), A=nn.ReLU())
+                ),
+            )
+        )
+
+
 def _conv(
     in_ch: int, out_ch: int, *, kernel: int = 3, stride: int = 1, groups: int = 32
-) -> Convolution:
+) -> nn.Module:
     """3D convolution → GroupNorm → ReLU, 'same' padding."""
-    return Convolution(
-        spatial_dims=3,
-        in_channels=in_ch,
-        out_channels=out_ch,
-        strides=stride,
-        kernel_size=kernel,
-        adn_ordering="NA",
-        act="RELU",
-        norm=("GROUP", {"num_groups": min(groups, out_ch)}),
-    )
+    return _ConvNormAct(in_ch, out_ch, kernel, stride, groups)
 
 
 def _pool() -> nn.MaxPool3d:

@@ -26,14 +26,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
-from sksurv.metrics import (
-    concordance_index_censored,
-    concordance_index_ipcw,
-    cumulative_dynamic_auc,
-    integrated_brier_score,
-)
-from sksurv.util import Surv
+
+# scikit-learn / scikit-survival are imported inside the functions that use them: importing
+# them costs about 1 s, which a site would pay in every Flower message (one process each).
 
 __all__ = [
     "DEFAULT_TD_TIMES",
@@ -108,6 +103,8 @@ def _survival_train(
     train_event: object | None,
 ) -> np.ndarray:
     """Structured array for the censoring estimate: the cohort itself unless given."""
+    from sksurv.util import Surv
+
     if (train_time is None) != (train_event is None):
         raise ValueError("train_time and train_event must be given together")
     if train_time is None:
@@ -128,6 +125,8 @@ def harrell_c(log_hz: object, time: object, event: object) -> float | None:
         C in [0, 1] (ties in the score count 1/2), or ``None`` when the cohort has no
         comparable pair (e.g. no events).
     """
+    from sksurv.metrics import concordance_index_censored
+
     g, t, e = check_survival_arrays(log_hz, time, event)
     if not e.any():
         return None
@@ -180,6 +179,9 @@ def uno_c(
         Uno's C in [0, 1], or ``None`` when undefined (no event before ``tau``, or a zero
         censoring survival probability at an event time).
     """
+    from sksurv.metrics import concordance_index_ipcw
+    from sksurv.util import Surv
+
     g, t, e = check_survival_arrays(log_hz, time, event)
     if tau is None:
         tau = uno_tau(t, tau_quantile)
@@ -206,6 +208,8 @@ def cancer_auc(score: object, cancer: object) -> float | None:
     Returns:
         AUC in [0, 1], or ``None`` when the labelled patients hold only one class.
     """
+    from sklearn.metrics import roc_auc_score
+
     s = _as_1d_float(score, "score")
     y = np.asarray(cancer, dtype=np.float64)
     if y.shape != s.shape:
@@ -271,6 +275,9 @@ def time_dependent_auc(
         times: horizons in days (default 1, 2 and 5 years).
         train_time, train_event: sample for the censoring distribution; default the cohort.
     """
+    from sksurv.metrics import cumulative_dynamic_auc
+    from sksurv.util import Surv
+
     g, t, e = check_survival_arrays(log_hz, time, event)
     horizons = sorted({float(x) for x in times})
     if not horizons:
@@ -328,6 +335,9 @@ def integrated_brier(
         The IBS (lower is better; 0.25 is an uninformative constant 0.5), or ``None`` when fewer
         than two grid points fall inside the follow-up or the censoring weights are undefined.
     """
+    from sksurv.metrics import integrated_brier_score
+    from sksurv.util import Surv
+
     grid_arr = _as_1d_float(grid, "grid")
     if grid_arr.size >= 2 and np.any(np.diff(grid_arr) <= 0):
         raise ValueError("grid must be strictly increasing")

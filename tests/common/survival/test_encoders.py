@@ -101,3 +101,26 @@ def test_arguments_are_checked(kwargs, match):
     name = kwargs.pop("name")
     with pytest.raises(ValueError, match=match):
         build_encoder(name, **kwargs)
+
+
+def test_conv_block_equals_monais_convolution():
+    """The torch-only block has MONAI Convolution's state-dict keys and computes the same."""
+    from monai.networks.blocks import Convolution
+
+    from survfed.common.survival.encoders import _conv
+
+    ours = _conv(3, 8, kernel=5, stride=2, groups=4)
+    monai_block = Convolution(
+        spatial_dims=3,
+        in_channels=3,
+        out_channels=8,
+        strides=2,
+        kernel_size=5,
+        adn_ordering="NA",
+        act="RELU",
+        norm=("GROUP", {"num_groups": 4}),
+    )
+    assert list(ours.state_dict()) == list(monai_block.state_dict())
+    monai_block.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 3, 11, 12, 13)
+    torch.testing.assert_close(ours(x), monai_block(x))

@@ -1,0 +1,67 @@
+"""Flower's simulation engine runs the same survfed apps with 20 virtual sites of one cohort."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from survfed.app.config import FederationConfig, simulation_sites
+from survfed.common.synth.cohort import make_cohort
+
+N_SITES = 20
+
+
+def _patients_with_crops(site_dir: Path) -> int:
+    """Patients a site trains on: annotated rows of clinical.csv (every tiny patient is usable)."""
+    with (site_dir / "clinical.csv").open(newline="") as fh:
+        return sum(1 for row in csv.DictReader(fh) if row["nodules_annotated"] == "1")
+
+
+def test_partitions_are_the_training_site_folders(tmp_path: Path) -> None:
+    for name in ("b", "a", "held", "_truth"):
+        (tmp_path / name).mkdir()
+    fed = FederationConfig.from_run_config(
+        {"sim-cohort": str(tmp_path), "eval-cohorts": str(tmp_path / "held")}
+    )
+    assert [p.name for p in simulation_sites(fed)] == ["a", "b"]  # held-out and _truth left out
+    fed = fed.replace(**{"sim-sites": "b,held"})
+    assert [p.name for p in simulation_sites(fed)] == ["b", "held"]  # as named
+    with pytest.raises(ValueError, match="missing"):
+        simulation_sites(fed.replace(**{"sim-sites": "nope"}))
+
+
+@pytest.mark.slow  # ~1.5 min on 2 shared cores: a 63-patient cohort, Ray start, 2 rounds
+def test_twenty_virtual_sites_train_and_evaluate(tmp_path: Path) -> None:
+    sites = {f"s{i:02d}": 3 for i in range(N_SITES)}
+    cohort = tmp_path / "cohort"
+    make_cohort(cohort, {**sites, "heldout": 6}, seed=4, progress=False)
+    out = tmp_path / "run"
+    cmd = [
+        sys.executable, "-m", "survfed.cli", "simulate", "--cohort", str(cohort),
+        "--heldout", "heldout", "--out", str(out), "--rounds", "2", "--json",
+        "--set", "batch-size=2", "--set", "min-patients-for-metrics=2",
+        "--set", "bootstrap-per-round=0", "--set", "bootstrap-final=10",
+        "--set", "crop-size=16", "--set", "k=2",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout)
+
+    training = {s: _patients_with_crops(cohort / s) for s in sites}
+    expected_sites = sum(1 for n in training.values() if n > 0)
+    history = summary["history"]
+    assert [r["round"] for r in history] == [0, 1, 2]
+    for row in history[1:]:
+        assert row["sites"] == expected_sites  # every virtual site with a patient answered
+        assert row["n_patients"] == sum(training.values())  # FedAvg weights = patients
+        assert row["failed_sites"] == N_SITES - expected_sites
+        assert row["bytes_up_per_site"] < 1.05 * row["model_bytes"]
+    assert summary["evaluations"]["heldout"]["n"] == _patients_with_crops(cohort / "heldout")
+    assert (out / "model.pt").is_file() and (out / "checkpoint").is_dir()
+    audit = [json.loads(line) for line in (out / "replies.jsonl").read_text().splitlines()]
+    assert len({e["node_id"] for e in audit if "content" in e}) == expected_sites
