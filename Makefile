@@ -34,6 +34,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/dicom_read.py
+	$(BIN)/python benchmarks/preprocess.py
 	$(BIN)/python benchmarks/train_throughput.py
 	$(BIN)/python benchmarks/cox_simulation.py
 	$(BIN)/python benchmarks/pooled_heldout.py

@@ -1,0 +1,71 @@
+"""``survfed preprocess``: summary, cache reuse, JSON, NIfTI export geometry, exit codes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from survfed.cli import main
+from survfed.client.catalogue import catalogue_site
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from survfed.common.synth.cohort import make_cohort
+
+    out = tmp_path_factory.mktemp("pp-cmd") / "c"
+    make_cohort(out, {"iowa": 2}, seed=2033, progress=False)
+    return out / "iowa"
+
+
+def test_preprocess_exports_and_reuses(site: Path, tmp_path: Path, capsys) -> None:
+    cache, export = tmp_path / "cache", tmp_path / "nifti"
+    args = ["preprocess", str(site), "--cache", str(cache), "--spacing", "2.5", "--quiet"]
+    assert main([*args, "--device", "cpu", "--export", str(export)]) == 0
+    out = capsys.readouterr().out
+    assert "2 usable patients — 2 preprocessed, 0 from the cache, 0 failed" in out
+    assert f"NIfTI files in {export}" in out
+    catalogue = catalogue_site(site)
+    for patient in catalogue.usable_patients:
+        pid = patient.patient_id
+        series = catalogue.load_volume(pid).to_sitk()
+        pre = sitk.ReadImage(str(export / f"{pid}_preprocessed.nii.gz"))
+        assert pre.GetPixelID() == sitk.sitkUInt8 and pre.GetSpacing() == (2.5, 2.5, 2.5)
+        for name in ("lung", "mask"):
+            image = sitk.ReadImage(str(export / f"{pid}_{name}.nii.gz"))
+            assert image.GetSize() == series.GetSize()
+            np.testing.assert_allclose(image.GetSpacing(), series.GetSpacing(), atol=1e-4)
+            np.testing.assert_allclose(image.GetOrigin(), series.GetOrigin(), atol=1e-3)
+            np.testing.assert_allclose(image.GetDirection(), series.GetDirection(), atol=1e-6)
+        lung = sitk.GetArrayFromImage(sitk.ReadImage(str(export / f"{pid}_lung.nii.gz")))
+        mask = sitk.GetArrayFromImage(sitk.ReadImage(str(export / f"{pid}_mask.nii.gz")))
+        assert set(np.unique(lung)) == {0, 1, 2} and (mask[lung > 0] == 1).all()
+        hu = sitk.GetArrayFromImage(series)
+        assert np.median(hu[lung > 0]) < -700  # the lungs land on the scan's lungs
+    assert main([*args, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert (data["built"], data["reused"], data["failed"]) == (0, 2, 0)
+    assert data["mean_lung_volume_ml"] > 1000 and len(data["outcomes"]) == 2
+    assert main([*args, "--clear-cache"]) == 0
+    assert "removed 3 file(s)" in capsys.readouterr().out
+
+
+def test_exit_codes(tmp_path: Path, capsys) -> None:
+    missing = tmp_path / "nowhere"
+    assert main(["preprocess", str(missing)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(missing) in err[0]
+    empty = tmp_path / "empty"
+    (empty / "dicom").mkdir(parents=True)
+    assert main(["preprocess", str(empty), "--cache", str(tmp_path / "c"), "--quiet"]) == 1
+    assert "no usable patient" in capsys.readouterr().err
+    assert main(["preprocess", str(empty), "--workers", "0"]) == 2
+    assert main(["preprocess", str(empty), "--spacing", "-1"]) == 2
+    if not torch.cuda.is_available():
+        assert main(["preprocess", str(empty), "--device", "cuda"]) == 2
+        assert "no CUDA device" in capsys.readouterr().err
