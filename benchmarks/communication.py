@@ -3,7 +3,9 @@
 Reads a run folder written by ``survfed-server start`` or ``survfed demo`` (``RUN/replies.jsonl``
 and ``RUN/metrics.csv``) and prints, per round and site: bytes the site received (the global
 model instruction) and sent (its reply), both against the model's raw size (the floor), and
-the time of the round outside the site's local training (process start, data loading, transport,
+where the round's time went: the site's training loop (``train s``), the rest of its ClientApp
+handler (``site s``: opening the data, building the model, the training C-index), and what is
+left (``link s``: Flower starting the ClientApp process and its imports, polling, transport,
 aggregation, waiting for slower sites).
 
 Usage::
@@ -40,7 +42,7 @@ def table(run: Path) -> str:
     audit, rows = load(run)
     header = (
         f"{'round':>5} {'site':<12} {'model B':>9} {'recv B':>9} {'x':>6} {'sent B':>9} "
-        f"{'x':>6} {'round s':>8} {'train s':>8} {'outside':>8}"
+        f"{'x':>6} {'round s':>8} {'train s':>8} {'site s':>7} {'link s':>7} {'outside':>8}"
     )
     lines = [header, "-" * len(header)]
     ratios: list[float] = []
@@ -54,13 +56,14 @@ def table(run: Path) -> str:
         sent = entry["bytes"]
         round_s = entry.get("round_seconds") or float(rows[entry["round"]]["round_seconds"])
         train_s = entry.get("metrics", {}).get("train-seconds", float("nan"))
+        site_s = entry.get("metrics", {}).get("site-seconds", float("nan"))
         outside = 1.0 - train_s / round_s if round_s else float("nan")
         ratios += [recv / model, sent / model]
         overheads.append(outside)
         lines.append(
             f"{entry['round']:>5} {entry['site']:<12} {model:>9.0f} {recv:>9.0f} "
             f"{recv / model:>6.3f} {sent:>9.0f} {sent / model:>6.3f} {round_s:>8.1f} "
-            f"{train_s:>8.1f} {100 * outside:>7.1f}%"
+            f"{train_s:>8.1f} {site_s:>7.1f} {round_s - site_s:>7.1f} {100 * outside:>7.1f}%"
         )
     if ratios:
         finite = [o for o in overheads if o == o]

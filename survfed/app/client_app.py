@@ -27,6 +27,8 @@ Components (referenced from the FAB's pyproject)::
 
 from __future__ import annotations
 
+import time
+
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -65,6 +67,7 @@ app = ClientApp()
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Local training on the site's patients; reply weights + num-examples (+ aggregates)."""
+    started = time.perf_counter()
     fed, dataset, ctx = _setup(msg, context)
     config = msg.content["config"]
     server_round = int(config.get("server-round", 0))
@@ -81,11 +84,11 @@ def train(msg: Message, context: Context) -> Message:
     )
     if update.optimizer_state:  # stays at the site, never in a reply
         store.save(server_round, update.optimizer_state)
+    metrics = dict(update.metrics)
+    if len(metrics) > 1:  # not a site below min-patients-for-metrics
+        metrics["site-seconds"] = time.perf_counter() - started
     content = RecordDict(
-        {
-            "arrays": ArrayRecord(update.state_dict),
-            "metrics": MetricRecord(dict(update.metrics)),
-        }
+        {"arrays": ArrayRecord(update.state_dict), "metrics": MetricRecord(metrics)}
     )
     check_reply_content(content, TRAIN_METRICS)
     return Message(content=content, reply_to=msg)

@@ -45,8 +45,12 @@ TRAIN_METRICS = (
     "train-prox",
     "train-c-index",
     "train-seconds",
+    "site-seconds",
 )
-"""The only metric names a site's train reply may carry (see the egress whitelist)."""
+"""The only metric names a site's train reply may carry (see the egress whitelist).
+
+``train-seconds`` is the time in the training loop; ``site-seconds`` the whole handler (opening
+the data, building the model, training, the training C-index), set by the ClientApp."""
 
 StateDict = Mapping[str, torch.Tensor]
 
@@ -99,8 +103,7 @@ def train_locally(
     Args:
         state_dict: the global weights received from the server.
         dataset: the site's crop dataset (all patients of one site).
-        config: training settings (``epochs`` = local epochs, ``lr``, ``batch_size``, ...);
-            a fresh AdamW optimiser is used every round.
+        config: training settings (``epochs`` = local epochs, ``lr``, ``batch_size``, ...).
         site: the site name (seeds the batch order).
         server_round: the round number (seeds the batch order).
         proximal_mu: FedProx ``mu``; 0 = plain local training (FedAvg/FedAdam).
