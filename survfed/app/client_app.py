@@ -81,6 +81,7 @@ def train(msg: Message, context: Context) -> Message:
         proximal_mu=float(config.get("proximal-mu", 0.0)),
         min_patients_for_metrics=fed.min_patients_for_metrics,
         optimizer_state=store.load(server_round),
+        total_rounds=fed.num_server_rounds,
     )
     if update.optimizer_state:  # stays at the site, never in a reply
         store.save(server_round, update.optimizer_state)

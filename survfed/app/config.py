@@ -23,7 +23,8 @@ Run config keys (all optional except ``run-dir``)::
     bootstrap-final = 200         # full intervals at the end
     resume = false                # continue from RUN/checkpoint (set by --resume)
     seed = 0
-    batch-size = 16  lr = 0.001  weight-decay = 0.0001  max-grad-norm = 5.0 (0 = off)
+    batch-size = 16  lr = 0.001  lr-final-factor = 0.1  weight-decay = 0.0001
+    max-grad-norm = 5.0 (0 = off)
     grid-step-days = 30.0  grid-max-days = 3650.0  device = "auto"
     encoder = "small"  k = 5  crop-size = 32  spacing-mm = 1.0  hu-low = -1200.0
     hu-high = 600.0  feature-dim = 128  hidden = 32
@@ -65,6 +66,7 @@ STRATEGIES = ("fedavg", "fedprox", "fedadam")
 _TRAIN_KEYS: dict[str, tuple[str, str]] = {
     "batch-size": ("train", "batch_size"),
     "lr": ("train", "lr"),
+    "lr-final-factor": ("train", "lr_final_factor"),
     "weight-decay": ("train", "weight_decay"),
     "max-grad-norm": ("train", "max_grad_norm"),
     "grid-step-days": ("train", "grid_step_days"),

@@ -32,6 +32,7 @@ __all__ = [
     "LocalUpdate",
     "load_optimizer_arrays",
     "local_breslow_aggregates",
+    "local_learning_rates",
     "optimizer_arrays",
     "round_seed",
     "train_locally",
@@ -97,6 +98,7 @@ def train_locally(
     proximal_mu: float = 0.0,
     min_patients_for_metrics: int = 10,
     optimizer_state: Mapping[str, np.ndarray] | None = None,
+    total_rounds: int | None = None,
 ) -> LocalUpdate:
     """Train the global model ``state_dict`` on the site's patients for ``config.epochs``.
 
@@ -111,6 +113,10 @@ def train_locally(
         optimizer_state: the site's AdamW moments from its previous round (or ``None`` for a
             fresh optimiser). Carrying them over makes a site's local steps continue like one
             long pooled run instead of restarting Adam's bias correction every round.
+        total_rounds: the federation's number of rounds: local epoch ``e`` of round ``r`` is
+            epoch ``(r − 1) · epochs + e`` of ``total_rounds · epochs`` in the learning-rate
+            schedule (:meth:`TrainConfig.lr_at`), as in a pooled run of that length.
+            ``None``: this round is the whole schedule.
     """
     if len(dataset) == 0:
         raise ValueError(f"site {site}: dataset holds no patient")
@@ -136,8 +142,10 @@ def train_locally(
     # the same crop augmentation as the pooled baseline, seeded per site and round
     augment = torch.Generator().manual_seed(seed) if config.augment else None
     totals = {"loss": 0.0, "cox": 0.0, "bce": 0.0, "prox": 0.0, "seconds": 0.0}
-    for epoch in range(config.epochs):
+    for epoch, lr in enumerate(local_learning_rates(config, server_round, total_rounds)):
         sampler.set_epoch(epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
         stats = train_epoch(
             model,
             dataset,
@@ -172,6 +180,23 @@ def train_locally(
         metrics=metrics,
         optimizer_state=optimizer_arrays(optimizer),
     )
+
+
+def local_learning_rates(
+    config: TrainConfig, server_round: int, total_rounds: int | None
+) -> list[float]:
+    """The learning rate of each local epoch of ``server_round`` (1-based).
+
+    Local epoch ``e`` of round ``r`` is epoch ``(r − 1) · E + e`` of a pooled run of
+    ``total_rounds · E`` epochs (:meth:`TrainConfig.lr_at`), so a federation follows the pooled
+    schedule. ``total_rounds=None``: the round is the whole schedule. Rounds beyond
+    ``total_rounds`` keep the last round's rates.
+    """
+    rounds = total_rounds if total_rounds is not None else 1
+    if rounds < 1:
+        raise ValueError(f"total_rounds must be >= 1, got {total_rounds}")
+    first = (min(max(server_round, 1), rounds) - 1) * config.epochs
+    return [config.lr_at(first + e, rounds * config.epochs) for e in range(config.epochs)]
 
 
 def optimizer_arrays(optimizer: torch.optim.Optimizer) -> dict[str, np.ndarray]:

@@ -27,8 +27,8 @@ from typing import Any
 
 DEFAULT_TRAIN_SITES = (("iowa", 40), ("maastro", 50), ("stanford", 30), ("leiden", 40))
 HELDOUT = "heldout"
-DEFAULT_ROUNDS = 6
-DEFAULT_LOCAL_EPOCHS = 2
+DEFAULT_ROUNDS = 10
+DEFAULT_LOCAL_EPOCHS = 3
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -36,7 +36,10 @@ class TrainConfig:
     Attributes:
         epochs: passes over the training patients (pooled) or local epochs per round (sites).
         batch_size: patients per site-local mini-batch (the Cox risk set).
-        lr: Adam learning rate.
+        lr: AdamW learning rate at the start of training.
+        lr_final_factor: the learning rate decays along a half cosine from ``lr`` to
+            ``lr * lr_final_factor`` over the whole training (all epochs of a pooled run, all
+            rounds × local epochs of a federation; :meth:`lr_at`); 1 = constant.
         weight_decay: Adam (decoupled, AdamW) weight decay.
         seed: seeds model initialisation and batch shuffling.
         grid_step_days: width of the common time grid of the Breslow baseline aggregates.
@@ -51,6 +54,7 @@ class TrainConfig:
     epochs: int = 30
     batch_size: int = 16
     lr: float = 1e-3
+    lr_final_factor: float = 0.1
     weight_decay: float = 1e-4
     seed: int = 0
     grid_step_days: float = 30.0
@@ -72,10 +76,23 @@ class TrainConfig:
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive number, got {value!r}")
+        if not (isinstance(self.lr_final_factor, int | float) and 0 < self.lr_final_factor <= 1):
+            raise ValueError(f"lr_final_factor must be in (0, 1], got {self.lr_final_factor!r}")
         if not (isinstance(self.weight_decay, int | float) and self.weight_decay >= 0):
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
+
+    def lr_at(self, epoch: int, total_epochs: int) -> float:
+        """The learning rate of epoch ``epoch`` (0-based) of ``total_epochs``.
+
+        ``lr · (f + (1 − f) · (1 + cos(π · epoch / total_epochs)) / 2)`` with
+        ``f = lr_final_factor``: ``lr`` in the first epoch, approaching ``f · lr`` in the last.
+        """
+        if total_epochs < 1 or not 0 <= epoch < total_epochs:
+            raise ValueError(f"epoch must be in [0, {total_epochs}), got {epoch}")
+        f = float(self.lr_final_factor)
+        return self.lr * (f + (1.0 - f) * 0.5 * (1.0 + math.cos(math.pi * epoch / total_epochs)))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON/TOML-able dict."""

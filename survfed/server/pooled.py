@@ -146,6 +146,8 @@ def train_pooled(
         bar = tqdm(total=config.epochs, desc="pooled training", unit="epoch", disable=None)
     for epoch in epochs:
         sampler.set_epoch(epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = config.lr_at(epoch - 1, config.epochs)
         stats = train_epoch(
             model,
             dataset,

@@ -154,6 +154,7 @@ def make_patient(task: PatientTask) -> PatientResult:
     )
     n_files = 0
     truth_extra: dict[str, object] = {}
+    study_times: dict[int, str] = {}  # series of one study share its StudyTime
     for series in plans:
         study_date = (entry if series.study == 0 else older).strftime("%Y%m%d")
         offset = (0.0, 0.0, 0.0) if series.study == 0 else older_offset
@@ -195,6 +196,8 @@ def make_patient(task: PatientTask) -> PatientResult:
             min_vessel_radius_mm=preset.min_vessel_radius_mm,
         )
         study_uid = make_uid(task.seed, site.name, pid, "study", series.study)
+        # drawn for every series so the random stream (and every other byte) stays as it was
+        drawn_time = f"{int(rng_g.integers(7, 18)):02d}{int(rng_g.integers(0, 60)):02d}00"
         series_uid = make_uid(task.seed, site.name, pid, "series", series.study, series.number)
         meta = SeriesMeta(
             patient_id=pid,
@@ -203,7 +206,7 @@ def make_patient(task: PatientTask) -> PatientResult:
             series_instance_uid=series_uid,
             frame_of_reference_uid=make_uid(task.seed, site.name, pid, "for", series.study),
             series_number=series.number,
-            study_time=f"{int(rng_g.integers(7, 18)):02d}{int(rng_g.integers(0, 60)):02d}00",
+            study_time=study_times.setdefault(series.study, drawn_time),
             manufacturer=site.manufacturer,
             kvp=site.kvp,
             convolution_kernel=site.kernel,

@@ -62,6 +62,14 @@ def test_older_study_and_two_series_choose_the_recent_thinnest(tmp_path):
     items = sorted(series[chosen], key=lambda t: t[0].name)
     numbers = [int(ds.InstanceNumber) for _, ds in items]
     assert numbers != sorted(numbers)
+    # the two series of the recent study carry one StudyTime, so the catalogue's rule (most
+    # recent study, then thinnest) picks the series the truth was made on
+    times = {items[0][1].StudyTime for uid, items in series.items() if uid in recent}
+    assert len(times) == 1
+    from survfed.client.catalogue import catalogue_site
+
+    catalogue = catalogue_site(tmp_path / "iowa", progress=False)
+    assert catalogue.patients["IOW-0001"].series_instance_uid == chosen
     # the same task again gives the same rows
     again = make_patient(replace(task, site_dir=tmp_path / "again"))
     assert again.truth == result.truth and again.clinical == result.clinical
