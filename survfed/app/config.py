@@ -24,6 +24,7 @@ Run config keys (all optional except ``run-dir``)::
     resume = false                # continue from RUN/checkpoint (set by --resume)
     seed = 0
     batch-size = 16  lr = 0.001  lr-final-factor = 0.1  weight-decay = 0.0001
+    average-last = 0.3            # final model = mean of the last 30% of the rounds' models
     max-grad-norm = 5.0 (0 = off)
     grid-step-days = 30.0  grid-max-days = 3650.0  device = "auto"
     encoder = "small"  k = 5  crop-size = 32  spacing-mm = 1.0  hu-low = -1200.0
@@ -67,6 +68,7 @@ _TRAIN_KEYS: dict[str, tuple[str, str]] = {
     "batch-size": ("train", "batch_size"),
     "lr": ("train", "lr"),
     "lr-final-factor": ("train", "lr_final_factor"),
+    "average-last": ("train", "average_last"),
     "weight-decay": ("train", "weight_decay"),
     "max-grad-norm": ("train", "max_grad_norm"),
     "grid-step-days": ("train", "grid_step_days"),

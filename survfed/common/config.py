@@ -41,6 +41,11 @@ class TrainConfig:
             ``lr * lr_final_factor`` over the whole training (all epochs of a pooled run, all
             rounds × local epochs of a federation; :meth:`lr_at`); 1 = constant.
         weight_decay: Adam (decoupled, AdamW) weight decay.
+        average_last: the final model is the mean of the weights at the end of the last
+            ``max(1, round(average_last · T))`` of the ``T`` epochs (pooled) or rounds
+            (federated; :meth:`averaged_snapshots`) — tail (Polyak) averaging, which takes
+            out most of the noise of where the last step happened to land; 0 = the last
+            weights.
         seed: seeds model initialisation and batch shuffling.
         grid_step_days: width of the common time grid of the Breslow baseline aggregates.
         grid_max_days: end of that grid (days); later times count as censored at the end.
@@ -56,6 +61,7 @@ class TrainConfig:
     lr: float = 1e-3
     lr_final_factor: float = 0.1
     weight_decay: float = 1e-4
+    average_last: float = 0.3
     seed: int = 0
     grid_step_days: float = 30.0
     grid_max_days: float = 3650.0
@@ -78,6 +84,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a positive number, got {value!r}")
         if not (isinstance(self.lr_final_factor, int | float) and 0 < self.lr_final_factor <= 1):
             raise ValueError(f"lr_final_factor must be in (0, 1], got {self.lr_final_factor!r}")
+        if not (isinstance(self.average_last, int | float) and 0 <= self.average_last <= 1):
+            raise ValueError(f"average_last must be in [0, 1], got {self.average_last!r}")
         if not (isinstance(self.weight_decay, int | float) and self.weight_decay >= 0):
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
@@ -93,6 +101,12 @@ class TrainConfig:
             raise ValueError(f"epoch must be in [0, {total_epochs}), got {epoch}")
         f = float(self.lr_final_factor)
         return self.lr * (f + (1.0 - f) * 0.5 * (1.0 + math.cos(math.pi * epoch / total_epochs)))
+
+    def averaged_snapshots(self, total: int) -> int:
+        """How many of the last of ``total`` epochs/rounds enter the final average (>= 1)."""
+        if total < 1:
+            raise ValueError(f"total must be >= 1, got {total}")
+        return min(total, max(1, round(self.average_last * total)))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON/TOML-able dict."""

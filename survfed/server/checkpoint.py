@@ -23,7 +23,13 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Checkpoint", "checkpoint_dir", "load_checkpoint", "save_checkpoint"]
+__all__ = [
+    "Checkpoint",
+    "checkpoint_dir",
+    "load_checkpoint",
+    "load_round_arrays",
+    "save_checkpoint",
+]
 
 _LATEST = "latest.json"
 
@@ -143,3 +149,13 @@ def load_checkpoint(run_dir: str | Path) -> Checkpoint | None:
         history=list(info.get("history", [])),
         meta=dict(info.get("meta", {})),
     )
+
+
+def load_round_arrays(run_dir: str | Path, round_: int) -> dict[str, np.ndarray] | None:
+    """The global weights saved after round ``round_``, or ``None`` when that file is gone."""
+    path = checkpoint_dir(run_dir) / f"round-{round_:04d}.npz"
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {key[2:]: data[key] for key in data.files if key.startswith("w/")}
+    except (OSError, ValueError, EOFError):
+        return None

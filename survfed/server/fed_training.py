@@ -41,13 +41,14 @@ from survfed.common.run_folder import RunFolder
 from survfed.common.survival.baseline import baseline_from_aggregates, make_time_grid
 from survfed.common.survival.model import save_model
 from survfed.common.survival.plots import plot_metric_history
+from survfed.common.survival.snapshot import SnapshotMean
 from survfed.server.central_eval import (
     evaluate_state,
     load_held_out,
     summary_row,
     write_cohort_report,
 )
-from survfed.server.checkpoint import load_checkpoint, save_checkpoint
+from survfed.server.checkpoint import load_checkpoint, load_round_arrays, save_checkpoint
 from survfed.server.strategies import build_strategy
 
 __all__ = ["SITES_FILE", "initial_state", "run_federated_training"]
@@ -104,6 +105,27 @@ def _round_row(
     row["eval_seconds"] = eval_s
     row["skipped"] = bool((entry or {}).get("skipped", False))
     return row
+
+
+def _tail_average(
+    run_dir: Path, fed: FederationConfig, last: ArrayRecord
+) -> tuple[dict[str, torch.Tensor], list[int]]:
+    """The final weights: the mean of the last rounds' global models (``average-last``).
+
+    Reads the per-round checkpoint files, so a resumed run averages across its restart. Rounds
+    whose file is missing are left out; with none left, the last weights are used as they are.
+    """
+    total = fed.num_server_rounds
+    wanted = range(total - fed.train.averaged_snapshots(total) + 1, total + 1)
+    mean, used = SnapshotMean(), []
+    for rnd in wanted:
+        arrays = load_round_arrays(run_dir, rnd)
+        if arrays is not None:
+            mean.add(arrays)
+            used.append(rnd)
+    if not used:
+        return last.to_torch_state_dict(), []
+    return mean.mean(), used
 
 
 def _query_aggregates(
@@ -282,7 +304,10 @@ def run_federated_training(
         )
         if len(result.arrays):
             final_arrays = result.arrays
-    state = final_arrays.to_torch_state_dict()
+    state, averaged = _tail_average(run.path, fed, final_arrays)
+    if len(averaged) > 1:
+        log(f"final model: mean of the global models of rounds {averaged[0]}-{averaged[-1]}")
+        final_arrays = ArrayRecord(state)
     model = fed.train.model.build_model()
     model.load_state_dict(state)
     save_model(run.model_path, model, fed.train.model)
@@ -323,6 +348,7 @@ def run_federated_training(
         "strategy": fed.strategy,
         "rounds": fed.num_server_rounds,
         "resumed_from_round": start_round,
+        "averaged_rounds": averaged,
         "history": history,
         "evaluations": evaluations,
         "baseline_sites": len(aggregates),

@@ -30,6 +30,7 @@ from survfed.common.survival.baseline import (
 from survfed.common.survival.batching import SiteStratifiedBatchSampler
 from survfed.common.survival.metrics import cancer_auc, harrell_c
 from survfed.common.survival.model import CropSurvivalModel, save_model
+from survfed.common.survival.snapshot import SnapshotMean
 from survfed.common.survival.train import predict, train_epoch
 
 __all__ = ["PooledResult", "fit_baseline", "train_pooled"]
@@ -139,6 +140,8 @@ def train_pooled(
     augment = torch.Generator().manual_seed(config.seed) if config.augment else None
     history: list[dict[str, float]] = []
     epochs = range(1, config.epochs + 1)
+    n_average = config.averaged_snapshots(config.epochs)
+    tail = SnapshotMean()
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -174,11 +177,14 @@ def train_pooled(
         }
         history.append(row)
         run.append_metrics(row)
+        if epoch > config.epochs - n_average:
+            tail.add(model.state_dict())
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{row['loss']:.3f}", c=f"{row['train_c_index'] or 0:.3f}")
     if bar is not None:
         bar.close()
+    model.load_state_dict(tail.mean())  # tail averaging (TrainConfig.average_last)
 
     baseline, aggregates = fit_baseline(model, [s.dataset for s in sites], config, device=device)
     run.write_baseline(baseline, aggregates)
@@ -192,6 +198,7 @@ def train_pooled(
             "n_patients": len(dataset),
             "n_events": n_events,
             "epochs": config.epochs,
+            "averaged_epochs": [config.epochs - n_average + 1, config.epochs],
             "final": last,
             "seconds": seconds,
             "excluded": len(dataset.excluded),

@@ -150,3 +150,20 @@ def test_save_load_errors(tmp_path):
     torch.save({"something": torch.zeros(1)}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="not a survfed crop-survival model"):
         load_model(tmp_path / "other.pt")
+
+
+def test_snapshot_mean_averages_float_weights_and_keeps_dtypes() -> None:
+    from survfed.common.survival.snapshot import SnapshotMean
+
+    mean = SnapshotMean()
+    with pytest.raises(ValueError, match="no snapshot"):
+        mean.mean()
+    a = {"w": torch.tensor([1.0, 2.0]), "n": torch.tensor(3)}
+    b = {"w": torch.tensor([3.0, 6.0]), "n": torch.tensor(5)}
+    mean.add(a)
+    mean.add({k: v.numpy() for k, v in b.items()})  # numpy snapshots too (checkpoints)
+    out = mean.mean()
+    torch.testing.assert_close(out["w"], torch.tensor([2.0, 4.0]))
+    assert out["w"].dtype == torch.float32 and int(out["n"]) == 5 and mean.count == 2
+    with pytest.raises(ValueError, match="same keys"):
+        mean.add({"w": torch.zeros(2)})
