@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/train_throughput.py
 	$(BIN)/python benchmarks/cox_simulation.py
 	$(BIN)/python benchmarks/pooled_heldout.py
+	$(BIN)/python benchmarks/detector.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache build *.egg-info
