@@ -1,24 +1,32 @@
 """The survfed ClientApp: what a hospital site runs for each instruction of a run.
 
-Translation only — the work is in :mod:`survfed.client.local_training`. Every handler first
-checks that the instruction comes from the survfed app at the survfed version this site
-installed (:func:`~survfed.app.identity.check_app_identity`), then checks its own reply
-against the egress whitelist (:func:`~survfed.app.identity.check_reply_content`) before it
-leaves: arrays plus whitelisted scalar metrics, nothing else (no IDs, paths, per-patient
-values). A site with fewer than ``min-patients-for-metrics`` patients sends weights and
-``num-examples`` only, and no Breslow sums.
+Translation only — the work is in :mod:`survfed.client.local_training` (survival) and
+:mod:`survfed.client.local_detection` (detector). Every handler first checks that the
+instruction comes from the survfed app at the survfed version this site installed
+(:func:`~survfed.app.identity.check_app_identity`), then checks its own reply against the
+egress whitelist (:func:`~survfed.app.identity.check_reply_content`) before it leaves: arrays
+plus whitelisted scalar metrics, nothing else (no IDs, paths, per-patient values). A site with
+fewer than ``min-patients-for-metrics`` patients sends weights and ``num-examples`` only, and
+no Breslow sums.
 
-Handlers:
+Handlers (the instruction's ``config`` says which stage or action):
 
-* ``train`` — receive ``arrays`` (the global state dict) and ``config`` (identity,
-  ``server-round``, optional ``proximal-mu``); reply ``arrays`` (updated weights) and
-  ``metrics`` (``num-examples`` + :data:`~survfed.client.local_training.TRAIN_METRICS`).
-  The site's AdamW moments are kept from round to round on the site's disk
-  (:class:`~survfed.client.optimizer_store.OptimizerStore`, keyed by the run folder, so a
-  resumed run continues them too), so local training continues like one long run instead
-  of restarting Adam every round.
-* ``query`` — receive the final ``arrays``; reply ``aggregates`` (``events``, ``risk-sum`` on
-  the common time grid) and ``metrics`` (``num-examples``).
+* ``train`` with ``stage = "survival"`` (default) — receive ``arrays`` (the global survival
+  model) and ``config`` (identity, ``server-round``, ``crop-source``, optional
+  ``proximal-mu``); reply ``arrays`` (updated weights) and ``metrics`` (``num-examples`` +
+  :data:`~survfed.client.local_training.TRAIN_METRICS`).
+* ``train`` with ``stage = "detector"`` — the same for the N-Net detector on the site's
+  annotated scans; a site without annotated patients replies ``num-examples = 0`` and no
+  arrays (:data:`~survfed.client.local_detection.DETECTOR_TRAIN_METRICS`).
+* ``query`` with ``action = "proposals"`` — receive the final detector; propose nodules in
+  every usable patient and cut the survival crops there (cached at the site); reply
+  ``num-examples`` (patients with crops) only.
+* ``query`` (``action = "baseline"``, default) — receive the final survival model; reply
+  ``aggregates`` (``events``, ``risk-sum`` on the common time grid) and ``num-examples``.
+
+The site's AdamW moments are kept from round to round on the site's disk
+(:class:`~survfed.client.optimizer_store.OptimizerStore`, keyed by the run folder, so a resumed
+run continues them too), so local training continues like one long run.
 
 Components (referenced from the FAB's pyproject)::
 
@@ -34,9 +42,10 @@ from flwr.clientapp import ClientApp
 
 from survfed.app.config import APP_NAME, FederationConfig, SiteContext, site_context
 from survfed.app.identity import check_app_identity, check_reply_content
-from survfed.client.crop_cache import CropDataset
+from survfed.client.crop_cache import ANNOTATIONS, CropDataset
 from survfed.client.local_training import (
     TRAIN_METRICS,
+    LocalUpdate,
     local_breslow_aggregates,
     train_locally,
 )
@@ -49,16 +58,30 @@ __all__ = ["APP_NAME", "QUERY_METRICS", "TRAIN_METRICS", "app", "load_site_datas
 QUERY_METRICS = ("num-examples",)
 
 
-def load_site_dataset(ctx: SiteContext, model: ModelConfig) -> CropDataset:
-    """The site's crop dataset from the manifest ``survfed-client`` prepared (or prepare it)."""
-    return open_site_dataset(ctx.site, ctx.data_dir, ctx.cache_dir, model)
+def load_site_dataset(
+    ctx: SiteContext, model: ModelConfig, source: str = ANNOTATIONS
+) -> CropDataset:
+    """The site's crop dataset from the manifest ``survfed-client`` (or the proposal step)
+    prepared; annotation crops are prepared here when missing."""
+    return open_site_dataset(ctx.site, ctx.data_dir, ctx.cache_dir, model, source)
 
 
-def _setup(msg: Message, context: Context) -> tuple[FederationConfig, CropDataset, SiteContext]:
+def _setup(msg: Message, context: Context) -> tuple[FederationConfig, SiteContext]:
     check_app_identity(msg.content["config"], APP_NAME)
     fed = FederationConfig.from_run_config(dict(context.run_config))
-    ctx = site_context(dict(context.node_config), fed)
-    return fed, load_site_dataset(ctx, fed.train.model), ctx
+    return fed, site_context(dict(context.node_config), fed)
+
+
+def _reply(msg: Message, update: LocalUpdate, started: float, allowed: tuple[str, ...]) -> Message:
+    metrics = dict(update.metrics)
+    if len(metrics) > 1:  # not a site below min-patients-for-metrics
+        metrics["site-seconds"] = time.perf_counter() - started
+    records: dict[str, ArrayRecord | MetricRecord] = {"metrics": MetricRecord(metrics)}
+    if update.num_examples > 0:
+        records = {"arrays": ArrayRecord(update.state_dict), **records}
+    content = RecordDict(records)
+    check_reply_content(content, allowed)
+    return Message(content=content, reply_to=msg)
 
 
 app = ClientApp()
@@ -66,11 +89,14 @@ app = ClientApp()
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """Local training on the site's patients; reply weights + num-examples (+ aggregates)."""
+    """Local training of the instruction's stage; reply weights + num-examples (+ metrics)."""
     started = time.perf_counter()
-    fed, dataset, ctx = _setup(msg, context)
+    fed, ctx = _setup(msg, context)
     config = msg.content["config"]
     server_round = int(config.get("server-round", 0))
+    if str(config.get("stage", "survival")) == "detector":
+        return _train_detector(msg, fed, ctx, server_round, started)
+    dataset = load_site_dataset(ctx, fed.train.model, str(config.get("crop-source", ANNOTATIONS)))
     store = OptimizerStore(ctx.cache_dir, fed.run_dir or str(context.run_id))
     update = train_locally(
         msg.content["arrays"].to_torch_state_dict(),
@@ -85,20 +111,46 @@ def train(msg: Message, context: Context) -> Message:
     )
     if update.optimizer_state:  # stays at the site, never in a reply
         store.save(server_round, update.optimizer_state)
-    metrics = dict(update.metrics)
-    if len(metrics) > 1:  # not a site below min-patients-for-metrics
-        metrics["site-seconds"] = time.perf_counter() - started
-    content = RecordDict(
-        {"arrays": ArrayRecord(update.state_dict), "metrics": MetricRecord(metrics)}
+    return _reply(msg, update, started, TRAIN_METRICS)
+
+
+def _train_detector(
+    msg: Message, fed: FederationConfig, ctx: SiteContext, server_round: int, started: float
+) -> Message:
+    # imported here: the detector code pulls in MONAI (~2 s), which survival rounds never need
+    from survfed.client.detection_data import load_scans, open_scan_records
+    from survfed.client.local_detection import DETECTOR_TRAIN_METRICS, train_detector_locally
+
+    config = msg.content["config"]
+    records = open_scan_records(
+        ctx.site, ctx.data_dir, ctx.cache_dir, fed.detector.preprocess_config()
     )
-    check_reply_content(content, TRAIN_METRICS)
-    return Message(content=content, reply_to=msg)
+    store = OptimizerStore(ctx.cache_dir, fed.run_dir or str(msg.metadata.run_id), "detector")
+    update = train_detector_locally(
+        msg.content["arrays"].to_torch_state_dict(),
+        load_scans(records),
+        fed.detector,
+        site=ctx.site,
+        server_round=server_round,
+        total_rounds=fed.detector_rounds,
+        proximal_mu=float(config.get("proximal-mu", 0.0)),
+        min_patients_for_metrics=fed.min_patients_for_metrics,
+        optimizer_state=store.load(server_round),
+    )
+    if update.optimizer_state:
+        store.save(server_round, update.optimizer_state)
+    return _reply(msg, update, started, DETECTOR_TRAIN_METRICS)
 
 
 @app.query()
 def query(msg: Message, context: Context) -> Message:
-    """Breslow sums on the common grid under the received (final) weights."""
-    fed, dataset, _ = _setup(msg, context)
+    """Proposal crops for the final detector, or Breslow sums under the final survival model."""
+    started = time.perf_counter()
+    fed, ctx = _setup(msg, context)
+    config = msg.content["config"]
+    if str(config.get("action", "baseline")) == "proposals":
+        return _proposals(msg, fed, ctx, started)
+    dataset = load_site_dataset(ctx, fed.train.model, str(config.get("crop-source", ANNOTATIONS)))
     n = len(dataset)
     records: dict[str, ArrayRecord | MetricRecord] = {"metrics": MetricRecord({"num-examples": n})}
     if n >= fed.min_patients_for_metrics:
@@ -110,4 +162,28 @@ def query(msg: Message, context: Context) -> Message:
         )
     content = RecordDict(records)
     check_reply_content(content, QUERY_METRICS)
+    return Message(content=content, reply_to=msg)
+
+
+def _proposals(msg: Message, fed: FederationConfig, ctx: SiteContext, started: float) -> Message:
+    from survfed.client.detection_data import open_scan_records
+    from survfed.client.local_detection import PROPOSAL_METRICS, prepare_proposal_crops
+
+    records = open_scan_records(
+        ctx.site, ctx.data_dir, ctx.cache_dir, fed.detector.preprocess_config()
+    )
+    dataset = prepare_proposal_crops(
+        ctx.site,
+        ctx.data_dir,
+        ctx.cache_dir,
+        fed.train.model,
+        msg.content["arrays"].to_torch_state_dict(),
+        fed.detector,
+        records,
+    )
+    metrics: dict[str, int | float] = {"num-examples": len(dataset)}
+    if len(dataset) >= fed.min_patients_for_metrics:
+        metrics["site-seconds"] = time.perf_counter() - started
+    content = RecordDict({"metrics": MetricRecord(metrics)})
+    check_reply_content(content, PROPOSAL_METRICS)
     return Message(content=content, reply_to=msg)

@@ -30,6 +30,15 @@ Run config keys (all optional except ``run-dir``)::
     encoder = "small"  k = 5  crop-size = 32  spacing-mm = 1.0  hu-low = -1200.0
     hu-high = 600.0  feature-dim = 128  hidden = 32
     cox-weight = 1.0  bce-weight = 1.0  ties = "efron"
+    detector-rounds = 0           # N-Net detector rounds before the survival rounds (0 = none)
+    crop-source = "detector"      # survival crops from: "detector" proposals (default with
+                                  # detector rounds) or "annotations" (nodules.csv)
+    detector-eval-every = 1       # held-out detection metrics every N detector rounds
+    detector-preset = "paper"     # "paper" (1 mm, 128^3 patches, width 24) or "cpu" (small)
+    detector-width = 0  detector-patch-size = 0  detector-spacing-mm = 0.0
+    detector-tile-size = 0        # 0 = the preset's value
+    detector-local-epochs = 1  detector-batch-size = 2  detector-lr = 0.001
+    detector-samples-per-epoch = 0   # patches per site and epoch (0 = every nodule ~once)
     sim-cohort = ""               # simulation only: the cohort folder of the virtual sites
     sim-sites = ""                # simulation only: comma-separated site folders of sim-cohort
                                   # (partition i -> i-th); default: every folder not evaluated
@@ -46,7 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from survfed.common.config import TrainConfig
+from survfed.common.config import DetectorTrainConfig, TrainConfig
 from survfed.common.survival.model import ModelConfig
 from survfed.common.survival.train import LossConfig
 
@@ -103,10 +112,30 @@ _FED_KEYS = (
     "seed",
     "sim-cohort",
     "sim-sites",
+    "detector-rounds",
+    "crop-source",
+    "detector-eval-every",
+    "detector-preset",
+    "detector-width",
+    "detector-patch-size",
+    "detector-spacing-mm",
+    "detector-tile-size",
+    "detector-local-epochs",
+    "detector-batch-size",
+    "detector-lr",
+    "detector-samples-per-epoch",
     "hu-low",
     "hu-high",
 )
+_DETECTOR_MODEL_KEYS = {
+    "detector-width": "width",
+    "detector-patch-size": "patch_size",
+    "detector-spacing-mm": "spacing_mm",
+    "detector-tile-size": "tile_size",
+}
 KNOWN_KEYS = frozenset(_FED_KEYS) | frozenset(_TRAIN_KEYS)
+CROP_SOURCES = ("annotations", "detector")
+DETECTOR_PRESETS = ("paper", "cpu")
 
 
 def _int(data: Mapping[str, Any], key: str, default: int, minimum: int) -> int:
@@ -172,6 +201,15 @@ class FederationConfig:
             (partition id ``i`` -> ``i``-th); empty = every site folder that is not one of
             ``eval_cohorts``, sorted by name.
         train: model, loss and optimiser settings; ``train.epochs`` = local epochs per round.
+        detector_rounds: N-Net detector rounds run before the survival rounds (0 = none).
+        crop_source: ``"annotations"`` (survival crops at ``nodules.csv`` nodules) or
+            ``"detector"`` (at the final global detector's top-k proposals; every usable
+            patient then takes part, annotated or not).
+        detector_eval_every: held-out detection metrics after every N-th detector round (and
+            the last).
+        detector: the detector and its local training (``epochs`` = local epochs per round);
+            shares ``seed``, ``device``, ``weight-decay``, ``max-grad-norm``,
+            ``lr-final-factor`` and ``average-last`` with ``train``.
     """
 
     num_server_rounds: int = 5
@@ -191,6 +229,11 @@ class FederationConfig:
     sim_cohort: str = ""
     sim_sites: tuple[str, ...] = ()
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=1))
+    detector_rounds: int = 0
+    crop_source: str = "annotations"
+    detector_eval_every: int = 1
+    detector_preset: str = "paper"
+    detector: DetectorTrainConfig = field(default_factory=DetectorTrainConfig)
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -203,6 +246,14 @@ class FederationConfig:
             raise ValueError(f"round-timeout-s must be > 0, got {self.round_timeout_s}")
         if self.run_dir and not Path(self.run_dir).is_absolute():
             raise ValueError(f"run-dir must be an absolute path, got {self.run_dir!r}")
+        if self.crop_source not in CROP_SOURCES:
+            raise ValueError(f"crop-source must be one of {CROP_SOURCES}, got {self.crop_source!r}")
+        if self.crop_source == "detector" and self.detector_rounds < 1:
+            raise ValueError("crop-source 'detector' needs detector-rounds >= 1")
+        if self.detector_preset not in DETECTOR_PRESETS:
+            raise ValueError(
+                f"detector-preset must be one of {DETECTOR_PRESETS}, got {self.detector_preset!r}"
+            )
 
     @property
     def local_epochs(self) -> int:
@@ -245,6 +296,30 @@ class FederationConfig:
             loss=LossConfig.from_dict(sections["loss"]),
         )
         cohorts = _list(data, "eval-cohorts")
+        detector_rounds = _int(data, "detector-rounds", 0, 0)
+        preset = _str(data, "detector-preset", "paper").lower()
+        det_fields: dict[str, Any] = {"preset": preset}
+        for key, name in _DETECTOR_MODEL_KEYS.items():
+            value = _float(data, key, 0.0)
+            if value > 0:
+                det_fields[name] = value if name == "spacing_mm" else int(value)
+        samples = _int(data, "detector-samples-per-epoch", 0, 0)
+        detector = DetectorTrainConfig.from_dict(
+            {
+                "epochs": _int(data, "detector-local-epochs", 1, 1),
+                "batch_size": _int(data, "detector-batch-size", 2, 1),
+                "lr": _float(data, "detector-lr", 1e-3),
+                "samples_per_epoch": samples or None,
+                "seed": train.seed,
+                "device": train.device,
+                "weight_decay": train.weight_decay,
+                "max_grad_norm": train.max_grad_norm,
+                "lr_final_factor": train.lr_final_factor,
+                "average_last": train.average_last,
+                "detector": det_fields,
+            }
+        )
+        default_source = "detector" if detector_rounds > 0 else "annotations"
         return cls(
             num_server_rounds=_int(data, "num-server-rounds", 5, 1),
             strategy=_str(data, "strategy", "fedavg").lower(),
@@ -263,6 +338,11 @@ class FederationConfig:
             sim_cohort=_str(data, "sim-cohort", ""),
             sim_sites=_list(data, "sim-sites"),
             train=train,
+            detector_rounds=detector_rounds,
+            crop_source=_str(data, "crop-source", default_source).lower(),
+            detector_eval_every=_int(data, "detector-eval-every", 1, 1),
+            detector_preset=preset,
+            detector=detector,
         )
 
     def to_run_config(self) -> dict[str, Any]:
@@ -289,7 +369,17 @@ class FederationConfig:
             "sim-sites": ",".join(self.sim_sites),
             "hu-low": t.model.hu_window[0],
             "hu-high": t.model.hu_window[1],
+            "detector-rounds": self.detector_rounds,
+            "crop-source": self.crop_source,
+            "detector-eval-every": self.detector_eval_every,
+            "detector-preset": self.detector_preset,
+            "detector-local-epochs": self.detector.epochs,
+            "detector-batch-size": self.detector.batch_size,
+            "detector-lr": self.detector.lr,
+            "detector-samples-per-epoch": self.detector.samples_per_epoch or 0,
         }
+        for key, name in _DETECTOR_MODEL_KEYS.items():
+            out[key] = getattr(self.detector.detector, name)
         sections = {"train": t.to_dict(), "model": t.model.to_dict(), "loss": t.loss.to_dict()}
         for key, (section, name) in _TRAIN_KEYS.items():
             value = sections[section][name]

@@ -2,8 +2,11 @@
 
 1. Inspect the site folder (the same report as ``survfed inspect``); refuse to start, with the
    reason, when no patient is usable.
-2. Preprocess and cache the crops (progress bar, one summary line) and write the site manifest
-   the ClientApp reopens each round (:mod:`survfed.client.site_snapshot`).
+2. Cut and cache the survival crops at the annotated nodules and write the site manifest the
+   ClientApp reopens each round (:mod:`survfed.client.site_snapshot`); lung-preprocess every
+   usable patient for the nodule detector (:mod:`survfed.client.detection_data`; on the GPU
+   when there is one, cached, several workers with ``--workers``) unless ``--no-preprocess``.
+   Progress bars, then one summary line each.
 3. Run the site's Flower SuperNode (:mod:`survfed.client.supernode`): it connects out to
    ``--server`` over TLS with the site's key, runs only the survfed app and version installed
    here, and keeps reconnecting across server restarts until stopped (Ctrl-C / SIGTERM).
@@ -28,6 +31,7 @@ from typing import TYPE_CHECKING
 from survfed import __version__
 
 if TYPE_CHECKING:
+    from survfed.client.catalogue import SiteCatalogue
     from survfed.client.supernode import SuperNodeConfig
 
 
@@ -52,8 +56,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--workdir", type=Path, default=None, help="logs and Flower state (default ./survfed-site)"
     )
     parser.add_argument(
-        "--config", type=Path, default=None, help="TOML with [train.model] preprocessing"
+        "--config",
+        type=Path,
+        default=None,
+        help="TOML with [train.model] (crops) and [detector.detector] (preprocessing grid)",
     )
+    parser.add_argument(
+        "--no-preprocess",
+        action="store_true",
+        help="skip the lung preprocessing for the detector (federations without detector rounds)",
+    )
+    parser.add_argument("--workers", type=int, default=1, help="preprocessing worker processes")
+    parser.add_argument("--device", default="auto", help="preprocessing device: auto, cpu, cuda")
     parser.add_argument("--runtime-port", type=int, default=9094, help="local port (127.0.0.1)")
     parser.add_argument("--check", action="store_true", help="only check the site data and exit")
     parser.add_argument("--json", action="store_true", help="print the data report as JSON")
@@ -96,8 +110,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if problem:
         print(f"survfed-client: site {args.site}: {problem}", file=sys.stderr)
         return 2
+    from survfed.client.catalogue import catalogue_site
+
     try:
-        report = inspect_site(args.data, progress=not args.json)
+        catalogue = catalogue_site(args.data, progress=not args.json)
+        report = inspect_site(args.data, catalogue=catalogue)
     except NotASiteError as exc:
         print(f"survfed-client: site {args.site}: {exc}", file=sys.stderr)
         return 2
@@ -112,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     if args.check or args.server is None:
         return 0
-    return _join(args)
+    return _join(args, catalogue)
 
 
 def _node_config(args: argparse.Namespace, cache: Path, workdir: Path) -> SuperNodeConfig:
@@ -131,16 +148,43 @@ def _node_config(args: argparse.Namespace, cache: Path, workdir: Path) -> SuperN
     )
 
 
-def _join(args: argparse.Namespace) -> int:
+def _preprocess(
+    args: argparse.Namespace, catalogue: SiteCatalogue, cache: Path, config_cls: type
+) -> None:
+    """Lung-preprocess the site for the detector. Failures are listed and do not stop the
+    site: it can still train survival models on annotation crops (a detector round will then
+    find no scan and say so)."""
+    from survfed.client.detection_data import prepare_scans
+
+    try:
+        detector = config_cls.from_toml(args.config) if args.config else config_cls()
+        records, result = prepare_scans(
+            args.site, args.data, cache, detector.preprocess_config(), catalogue=catalogue,
+            device=args.device, workers=args.workers, progress=True, notify=print,
+        )  # fmt: skip
+    except ValueError as exc:
+        print(f"survfed-client: warning: {exc}; detector rounds will fail here", file=sys.stderr)
+        return
+    print(result.format_text())
+    annotated = sum(1 for r in records if r.annotated)
+    print(
+        f"site {args.site}: {len(records)} scans preprocessed for the detector "
+        f"({annotated} with nodule annotations)"
+    )
+
+
+def _join(args: argparse.Namespace, catalogue: SiteCatalogue) -> int:
     from survfed.client.site_snapshot import prepare_site
     from survfed.client.supernode import SuperNode
-    from survfed.common.config import TrainConfig
+    from survfed.common.config import DetectorTrainConfig, TrainConfig
 
     cache = (args.cache or Path("survfed-cache")).resolve()
     workdir = (args.workdir or Path("survfed-site")).resolve()
     try:
         model = (TrainConfig.from_toml(args.config) if args.config else TrainConfig()).model
-        dataset = prepare_site(args.site, args.data, cache / args.site, model, progress=True)
+        dataset = prepare_site(
+            args.site, args.data, cache / args.site, model, progress=True, catalogue=catalogue
+        )
     except ValueError as exc:
         print(f"survfed-client: site {args.site}: refusing to start: {exc}", file=sys.stderr)
         return 1
@@ -149,6 +193,8 @@ def _join(args: argparse.Namespace) -> int:
         f"({int(dataset.events.sum())} events, {len(dataset.excluded)} left out); "
         f"crops cached in {cache / args.site}"
     )
+    if not args.no_preprocess:
+        _preprocess(args, catalogue, cache / args.site, DetectorTrainConfig)
     try:
         cfg = _node_config(args, cache, workdir)
     except ValueError as exc:

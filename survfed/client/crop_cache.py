@@ -18,10 +18,16 @@ Each ``.npz`` holds ``crops`` (float16 ``(k, 1, S, S, S)``, values in ``[0, 1]``
 (``(k, 3)``, NaN for blanks). Files are written atomically, so an interrupted build never leaves
 a half file that a later run would trust.
 
-Crop source, until the nodule detector exists: the annotated nodules of ``nodules.csv``, largest
-diameter first (top k; fewer → blank crops). Patients whose annotations are not complete
-(``SitePatient.annotated`` False) have no crop source yet and are left out of the dataset (the
-count and IDs are reported); a patient annotated with zero nodules is kept with all-blank crops.
+Crop sources (the ``source`` argument, part of the params fingerprint):
+
+* :data:`ANNOTATIONS` (default): the annotated nodules of ``nodules.csv``, largest diameter first
+  (top k; fewer → blank crops). Patients whose annotations are not complete
+  (``SitePatient.annotated`` False) have no crop source and are left out of the dataset (the
+  count and IDs are reported); a patient annotated with zero nodules is kept with all-blank
+  crops.
+* ``detector-<id>`` (:func:`detector_source`): the top-k proposals of the global nodule detector
+  ``<id>`` (``centres_mm``: patient → centres, most confident first), for every usable patient,
+  annotated or not — annotations are then needed only to train the detector.
 
 The cache folder is the caller's choice: site folders are often read-only.
 """
@@ -30,7 +36,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,35 +56,45 @@ from survfed.common.imaging.crops import extract_crops
 from survfed.common.survival.model import ModelConfig
 
 __all__ = [
+    "ANNOTATIONS",
     "CACHE_FORMAT_VERSION",
     "CropDataset",
     "CropRecord",
     "build_crop_cache",
+    "detector_source",
     "params_fingerprint",
 ]
 
 CACHE_FORMAT_VERSION = 1
 """Bumped whenever the crop-making code changes what it writes."""
 
-_CROP_SOURCE = "annotations-largest-first"
+ANNOTATIONS = "annotations-largest-first"
+"""The crop source of annotation crops (``nodules.csv``, largest first)."""
 
 
 _hash = stable_hash
 
 
-def _params(config: ModelConfig) -> dict[str, Any]:
+def detector_source(detector_id: str) -> str:
+    """The crop source name of the proposals of detector ``detector_id`` (a weights hash)."""
+    if not detector_id or not all(c.isalnum() for c in detector_id):
+        raise ValueError(f"detector_id must be a non-empty alphanumeric id, got {detector_id!r}")
+    return f"detector-{detector_id}"
+
+
+def _params(config: ModelConfig, source: str = ANNOTATIONS) -> dict[str, Any]:
     return {
         "cache_format_version": CACHE_FORMAT_VERSION,
-        "crop_source": _CROP_SOURCE,
+        "crop_source": source,
         "interpolation": "linear",
         **config.crop_kwargs(),
         "hu_window": list(config.hu_window),
     }
 
 
-def params_fingerprint(config: ModelConfig) -> str:
-    """Folder name for the crops made with ``config``'s preprocessing (16 hex digits)."""
-    return _hash(_params(config))
+def params_fingerprint(config: ModelConfig, source: str = ANNOTATIONS) -> str:
+    """Folder name for the crops made with ``config``'s preprocessing from ``source``."""
+    return _hash(_params(config, source))
 
 
 _patient_stem = patient_stem
@@ -147,6 +163,7 @@ class CropDataset(Dataset):
         k, crop_size: crops per patient and crop edge (checked against each file).
         config: the preprocessing the crops were made with (for the record).
         excluded: patient ID → why the patient is not in the dataset.
+        source: where the crop centres came from (:data:`ANNOTATIONS` or a detector).
         n_built, n_reused: cache statistics of the build that made the dataset.
         in_memory: load every patient's crops once and keep them (float16) in memory.
     """
@@ -157,12 +174,14 @@ class CropDataset(Dataset):
         *,
         config: ModelConfig,
         excluded: dict[str, str] | None = None,
+        source: str = ANNOTATIONS,
         n_built: int = 0,
         n_reused: int = 0,
         in_memory: bool = False,
     ) -> None:
         self.records = tuple(records)
         self.config = config
+        self.source = source
         self.excluded = dict(excluded or {})
         self.n_built = n_built
         self.n_reused = n_reused
@@ -247,8 +266,8 @@ class CropDataset(Dataset):
         """Pool several sites' datasets (same preprocessing) into one, e.g. for a baseline."""
         if not datasets:
             raise ValueError("datasets must hold at least one CropDataset")
-        if len({params_fingerprint(ds.config) for ds in datasets}) > 1:
-            raise ValueError("datasets were made with different preprocessing configs")
+        if len({params_fingerprint(ds.config, ds.source) for ds in datasets}) > 1:
+            raise ValueError("datasets were made with different preprocessing or crop sources")
         keys = [(r.site, r.patient_id) for ds in datasets for r in ds.records]
         if len(set(keys)) != len(keys):
             raise ValueError("datasets share (site, patient_id) pairs; pool each site once")
@@ -261,6 +280,7 @@ class CropDataset(Dataset):
             [r for ds in datasets for r in ds.records],
             config=datasets[0].config,
             excluded=excluded,
+            source=datasets[0].source,
             n_built=sum(ds.n_built for ds in datasets),
             n_reused=sum(ds.n_reused for ds in datasets),
             in_memory=any(ds._memory is not None for ds in datasets),
@@ -282,8 +302,11 @@ def build_crop_cache(
     *,
     site: str | None = None,
     in_memory: bool = False,
+    source: str = ANNOTATIONS,
+    centres_mm: Mapping[str, np.ndarray] | None = None,
 ) -> CropDataset:
-    """Make (or reuse) every usable, annotated patient's crops and return the dataset.
+    """Make (or reuse) every usable patient's crops (annotated patients for annotation crops)
+    and return the dataset.
 
     Args:
         catalogue: the site, from :func:`survfed.client.catalogue.catalogue_site`.
@@ -293,6 +316,9 @@ def build_crop_cache(
         progress: show a tqdm bar over patients.
         site: site name recorded in the dataset (default: the site folder's name).
         in_memory: keep all crops in memory (see :class:`CropDataset`).
+        source: :data:`ANNOTATIONS` or a :func:`detector_source` name.
+        centres_mm: for a detector source: patient ID → ``(n, 3)`` proposal centres ``(x, y,
+            z)`` mm, most confident first (patients missing here are left out).
 
     Returns:
         The :class:`CropDataset`, patients in catalogue order. ``excluded`` maps every usable
@@ -305,12 +331,14 @@ def build_crop_cache(
     site_name = site if site is not None else Path(catalogue.site_dir).name
     if not isinstance(site_name, str) or not site_name:
         raise ValueError(f"site must be a non-empty string, got {site!r}")
-    folder = Path(cache_dir) / params_fingerprint(config)
+    if (source == ANNOTATIONS) != (centres_mm is None):
+        raise ValueError("centres_mm must be given exactly for a detector crop source")
+    folder = Path(cache_dir) / params_fingerprint(config, source)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         params_file = folder / "params.json"
         if not params_file.exists():
-            params_file.write_text(json.dumps(_params(config), indent=2) + "\n")
+            params_file.write_text(json.dumps(_params(config, source), indent=2) + "\n")
     except OSError as exc:
         raise OSError(f"cache_dir {cache_dir} is not writable: {exc}") from exc
 
@@ -326,17 +354,24 @@ def build_crop_cache(
     n_built = n_reused = 0
     for patient in iterator:
         pid = patient.patient_id
-        if not patient.annotated:
-            excluded[pid] = "no crop source: nodules not annotated (and no detector yet)"
+        if centres_mm is None:
+            if not patient.annotated:
+                excluded[pid] = "no crop source: nodules not annotated (and no detector)"
+                continue
+            hashed = _ordered_nodules(patient)  # (x, y, z, diameter): as cache files always were
+            nodules = hashed[:, :3]
+        elif pid in centres_mm:
+            nodules = hashed = np.asarray(centres_mm[pid], dtype=np.float64).reshape(-1, 3)
+        else:
+            excluded[pid] = "no detector proposals (the scan could not be preprocessed)"
             continue
-        nodules = _ordered_nodules(patient)
         stem = _patient_stem(pid)
         try:
-            source = _source_hash(patient, nodules)
+            file_hash = _source_hash(patient, hashed)
         except OSError as exc:
             excluded[pid] = f"series files changed since the site was catalogued: {exc}"
             continue
-        path = folder / f"{stem}.{source}.npz"
+        path = folder / f"{stem}.{file_hash}.npz"
         cached = _read_npz(path, k, size)
         if cached is None:
             try:
@@ -344,9 +379,9 @@ def build_crop_cache(
             except SiteDataError as exc:
                 excluded[pid] = f"images could not be loaded: {exc}"
                 continue
-            crops, present = extract_crops(volume, nodules[:, :3], **config.crop_kwargs())
+            crops, present = extract_crops(volume, nodules, **config.crop_kwargs())
             centers = np.full((k, 3), np.nan)
-            centers[: int(present.sum())] = nodules[:k, :3]
+            centers[: int(present.sum())] = nodules[:k]
             for stale in folder.glob(f"{stem}.*.npz"):
                 if stale != path:
                     stale.unlink(missing_ok=True)
@@ -375,6 +410,7 @@ def build_crop_cache(
         records,
         config=config,
         excluded=excluded,
+        source=source,
         n_built=n_built,
         n_reused=n_reused,
         in_memory=in_memory,

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from survfed.client.crop_cache import CropDataset
-from survfed.common.config import TrainConfig, resolve_device
+from survfed.common.config import DetectorTrainConfig, TrainConfig, resolve_device
 from survfed.common.survival.baseline import BreslowAggregates, breslow_aggregates, make_time_grid
 from survfed.common.survival.batching import SiteStratifiedBatchSampler
 from survfed.common.survival.metrics import harrell_c
@@ -183,7 +183,7 @@ def train_locally(
 
 
 def local_learning_rates(
-    config: TrainConfig, server_round: int, total_rounds: int | None
+    config: TrainConfig | DetectorTrainConfig, server_round: int, total_rounds: int | None
 ) -> list[float]:
     """The learning rate of each local epoch of ``server_round`` (1-based).
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from survfed.client.catalogue import SiteCatalogue, catalogue_site
-from survfed.client.crop_cache import CropDataset, build_crop_cache
+from survfed.client.crop_cache import ANNOTATIONS, CropDataset, build_crop_cache
 from survfed.common.survival.model import ModelConfig
 
 __all__ = ["SiteData", "load_site_data"]
@@ -46,6 +49,9 @@ def load_site_data(
     name: str | None = None,
     progress: bool = True,
     in_memory: bool = False,
+    source: str = ANNOTATIONS,
+    centres_mm: Mapping[str, np.ndarray] | None = None,
+    catalogue: SiteCatalogue | None = None,
 ) -> SiteData:
     """Catalogue ``site_dir`` and build (or reuse) its crop cache under ``cache_dir``.
 
@@ -56,6 +62,9 @@ def load_site_data(
         name: the site name (default: the folder's name).
         progress: show progress bars.
         in_memory: keep the crops in memory (fast epochs; ~1 MB per patient at defaults).
+        source, centres_mm: the crop source (see :func:`~survfed.client.crop_cache.
+            build_crop_cache`): annotations, or a detector's proposal centres per patient.
+        catalogue: the site's catalogue when the caller already has it (else it is made).
 
     Raises:
         survfed.client.catalogue.NotASiteError: ``site_dir`` is not a site folder.
@@ -63,17 +72,20 @@ def load_site_data(
     """
     site_dir = Path(site_dir)
     name = name or site_dir.name
-    catalogue = catalogue_site(site_dir, progress=progress)
+    if catalogue is None:
+        catalogue = catalogue_site(site_dir, progress=progress)
     if not catalogue.usable_patients:
         raise ValueError(
             f"site {name}: no usable patient in {site_dir} (run `survfed inspect {site_dir}`)"
         )
     dataset = build_crop_cache(
-        catalogue, cache_dir, config, progress, site=name, in_memory=in_memory
-    )
+        catalogue, cache_dir, config, progress, site=name, in_memory=in_memory, source=source,
+        centres_mm=centres_mm,
+    )  # fmt: skip
     if len(dataset) == 0:
+        what = "nodule annotations" if source == ANNOTATIONS else "detector proposals"
         raise ValueError(
             f"site {name}: none of the {len(catalogue.usable_patients)} usable patients has a "
-            f"crop source (nodule annotations) in {site_dir}"
+            f"crop source ({what}) in {site_dir}"
         )
     return SiteData(name=name, catalogue=catalogue, dataset=dataset)

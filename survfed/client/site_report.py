@@ -129,13 +129,20 @@ def _report(catalogue: SiteCatalogue, site: str, deep: bool) -> SiteReport:
     )
 
 
-def inspect_site(site_dir: Path, *, deep: bool = False, progress: bool = False) -> SiteReport:
+def inspect_site(
+    site_dir: Path,
+    *,
+    deep: bool = False,
+    progress: bool = False,
+    catalogue: SiteCatalogue | None = None,
+) -> SiteReport:
     """Catalogue a site and summarise it.
 
     Args:
         site_dir: the site folder.
         deep: also decode every chosen series' pixels (catches corrupt compressed data; slow).
         progress: show progress bars.
+        catalogue: the site's catalogue when the caller already made it (not scanned again).
 
     Returns:
         The :class:`SiteReport`.
@@ -144,7 +151,8 @@ def inspect_site(site_dir: Path, *, deep: bool = False, progress: bool = False) 
         NotASiteError: the folder is not a site.
     """
     site_dir = Path(site_dir)
-    catalogue = catalogue_site(site_dir, progress=progress)
+    if catalogue is None:
+        catalogue = catalogue_site(site_dir, progress=progress)
     if deep:
         patients = catalogue.usable_patients
         if progress:

@@ -7,7 +7,8 @@ the ClientApp reopens the dataset from it. The manifest stays at the site (it li
 IDs and cache paths) and is keyed by the crop preprocessing, so a changed model config makes
 a new one.
 
-File: ``<cache-dir>/site-manifest-<preprocessing fingerprint>.json``.
+File: ``<cache-dir>/site-manifest-<crop fingerprint>.json``; the fingerprint covers the crop
+preprocessing and the crop source (annotations, or the proposals of one detector).
 """
 
 from __future__ import annotations
@@ -16,9 +17,13 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
-from survfed.client.crop_cache import CropDataset, CropRecord, params_fingerprint
+import numpy as np
+
+from survfed.client.catalogue import SiteCatalogue
+from survfed.client.crop_cache import ANNOTATIONS, CropDataset, CropRecord, params_fingerprint
 from survfed.client.site_data import load_site_data
 from survfed.common.survival.model import ModelConfig
 
@@ -27,22 +32,23 @@ __all__ = ["manifest_path", "open_site_dataset", "prepare_site", "read_manifest"
 _FORMAT = "survfed-site-manifest"
 
 
-def manifest_path(cache_dir: str | Path, config: ModelConfig) -> Path:
-    """Where the manifest for ``config``'s preprocessing lives."""
-    return Path(cache_dir) / f"site-manifest-{params_fingerprint(config)}.json"
+def manifest_path(cache_dir: str | Path, config: ModelConfig, source: str = ANNOTATIONS) -> Path:
+    """Where the manifest for ``config``'s preprocessing and crop ``source`` lives."""
+    return Path(cache_dir) / f"site-manifest-{params_fingerprint(config, source)}.json"
 
 
 def write_manifest(
     dataset: CropDataset, cache_dir: str | Path, site: str, data_dir: str | Path
 ) -> Path:
     """Write the manifest of ``dataset`` atomically; return its path."""
-    path = manifest_path(cache_dir, dataset.config)
+    path = manifest_path(cache_dir, dataset.config, dataset.source)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = {
         "format": _FORMAT,
         "site": site,
         "data_dir": str(Path(data_dir).resolve()),
-        "fingerprint": params_fingerprint(dataset.config),
+        "source": dataset.source,
+        "fingerprint": params_fingerprint(dataset.config, dataset.source),
         "excluded": len(dataset.excluded),
         "records": [
             {
@@ -69,11 +75,15 @@ def write_manifest(
 
 
 def read_manifest(
-    cache_dir: str | Path, config: ModelConfig, site: str, data_dir: str | Path
+    cache_dir: str | Path,
+    config: ModelConfig,
+    site: str,
+    data_dir: str | Path,
+    source: str = ANNOTATIONS,
 ) -> CropDataset | None:
-    """The dataset of a manifest for this site, folder and preprocessing; ``None`` if absent,
-    for another site/folder, or when one of its crop files is gone."""
-    path = manifest_path(cache_dir, config)
+    """The dataset of a manifest for this site, folder, preprocessing and crop source; ``None``
+    if absent, for another site/folder, or when one of its crop files is gone."""
+    path = manifest_path(cache_dir, config, source)
     if not path.is_file():
         return None
     try:
@@ -84,7 +94,7 @@ def read_manifest(
         data.get("format") != _FORMAT
         or data.get("site") != site
         or data.get("data_dir") != str(Path(data_dir).resolve())
-        or data.get("fingerprint") != params_fingerprint(config)
+        or data.get("fingerprint") != params_fingerprint(config, source)
     ):
         return None
     records = [
@@ -101,7 +111,7 @@ def read_manifest(
     ]
     if not records or not all(r.path.is_file() for r in records):
         return None
-    return CropDataset(records, config=config, in_memory=True)
+    return CropDataset(records, config=config, source=source, in_memory=True)
 
 
 def prepare_site(
@@ -111,19 +121,40 @@ def prepare_site(
     config: ModelConfig,
     *,
     progress: bool = True,
+    source: str = ANNOTATIONS,
+    centres_mm: Mapping[str, np.ndarray] | None = None,
+    catalogue: SiteCatalogue | None = None,
 ) -> CropDataset:
-    """Catalogue the site, build its crops and write the manifest (what ``survfed-client``
-    does at start). Raises ``ValueError`` with the reason when no patient is usable."""
-    data = load_site_data(data_dir, cache_dir, config, name=site, progress=progress)
+    """Catalogue the site (unless ``catalogue`` is given), build its crops and write the
+    manifest (what ``survfed-client`` does at start, and a site after the detector rounds with
+    the detector's proposals). Raises ``ValueError`` with the reason when no patient is
+    usable."""
+    data = load_site_data(
+        data_dir, cache_dir, config, name=site, progress=progress, source=source,
+        centres_mm=centres_mm, catalogue=catalogue,
+    )  # fmt: skip
     write_manifest(data.dataset, cache_dir, site, data_dir)
     return data.dataset
 
 
 def open_site_dataset(
-    site: str, data_dir: str | Path, cache_dir: str | Path, config: ModelConfig
+    site: str,
+    data_dir: str | Path,
+    cache_dir: str | Path,
+    config: ModelConfig,
+    source: str = ANNOTATIONS,
 ) -> CropDataset:
-    """The site's dataset from its manifest, preparing the site first when there is none."""
-    dataset = read_manifest(cache_dir, config, site, data_dir)
+    """The site's dataset from its manifest, preparing the site first when there is none.
+
+    Detector crops cannot be prepared here (they need the detector's proposals): a site without
+    their manifest gets a ``RuntimeError`` saying so.
+    """
+    dataset = read_manifest(cache_dir, config, site, data_dir, source)
+    if dataset is None and source != ANNOTATIONS:
+        raise RuntimeError(
+            f"site {site}: no crops from {source}'s proposals in {cache_dir}: the site missed the "
+            "proposal step after the detector rounds (it rejoins at the next run)"
+        )
     if dataset is None:
         prepare_site(site, data_dir, cache_dir, config, progress=False)
         dataset = read_manifest(cache_dir, config, site, data_dir)

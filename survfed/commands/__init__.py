@@ -13,8 +13,10 @@ def register_all(sub: argparse._SubParsersAction) -> None:
         make_cohort,
         preprocess,
         simulate,
+        train_detector,
         train_pooled,
     )
 
-    for module in (make_cohort, inspect_site, preprocess, train_pooled, simulate, demo):
+    modules = (make_cohort, inspect_site, preprocess, train_pooled, train_detector, simulate, demo)
+    for module in modules:
         module.register(sub)

@@ -11,19 +11,35 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["patient_stem", "series_files_hash", "stable_hash", "write_npz_atomic"]
+__all__ = ["arrays_hash", "patient_stem", "series_files_hash", "stable_hash", "write_npz_atomic"]
 
 
 def stable_hash(obj: Any, length: int = 16) -> str:
     """The first ``length`` hex digits of the SHA-256 of ``obj`` as canonical JSON."""
     text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def arrays_hash(arrays: Mapping[str, Any], length: int = 16) -> str:
+    """Hex digest of named arrays (names, dtypes, shapes and bytes): e.g. a model's weights.
+
+    The coordinator and every site compute the same id for the same global model, whatever
+    container the arrays travel in (torch tensors, numpy arrays, Flower ``Array``).
+    """
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        value = arrays[name]
+        value = value.numpy() if hasattr(value, "numpy") else value
+        arr = np.ascontiguousarray(np.asarray(value))
+        digest.update(f"{name}\0{arr.dtype.str}\0{arr.shape}\0".encode())
+        digest.update(arr.tobytes())
+    return digest.hexdigest()[:length]
 
 
 def patient_stem(patient_id: str) -> str:

@@ -13,6 +13,7 @@ Layout (pooled and federated runs alike)::
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import tempfile
@@ -89,15 +90,29 @@ class RunFolder:
         return json.loads(path.read_text())
 
     def append_metrics(self, row: Mapping[str, Any]) -> None:
-        """Append one row to ``metrics.csv`` (columns fixed by the first row)."""
+        """Append one row to ``metrics.csv``.
+
+        Columns are those of the rows so far; a row with a column the file does not have yet
+        (e.g. the first evaluated round after unevaluated ones) rewrites the file with the
+        new column added (empty in the earlier rows), so every value stays under its header.
+        """
         path = self.path / "metrics.csv"
         row = {k: _jsonable(v) for k, v in row.items()}
-        new = not path.exists()
-        with path.open("a", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(row), extrasaction="ignore")
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
+        header: list[str] = []
+        if path.exists():
+            with path.open(newline="") as fh:
+                header = next(csv.reader(fh), [])
+        if header and set(row) <= set(header):
+            with path.open("a", newline="") as fh:
+                csv.DictWriter(fh, fieldnames=header).writerow(row)
+            return
+        rows = self.read_metrics() if header else []
+        fields = header + [k for k in row if k not in header]
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows([*rows, row])
+        _atomic_write_text(path, text.getvalue())
 
     def read_metrics(self) -> list[dict[str, str]]:
         path = self.path / "metrics.csv"

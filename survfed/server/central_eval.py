@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from survfed.client.crop_cache import CropDataset
+from survfed.client.crop_cache import ANNOTATIONS, CropDataset
 from survfed.client.site_data import load_site_data
 from survfed.common.config import TrainConfig, resolve_device
 from survfed.common.survival.baseline import BaselineHazard
@@ -75,14 +75,25 @@ def load_held_out(
     model_config: ModelConfig,
     *,
     progress: bool = False,
+    source: str = ANNOTATIONS,
+    centres_by_cohort: Mapping[str, Mapping[str, np.ndarray]] | None = None,
 ) -> list[HeldOutCohort]:
-    """Catalogue and crop each held-out cohort once (crops cached under ``cache_dir``)."""
+    """Catalogue and crop each held-out cohort once (crops cached under ``cache_dir``).
+
+    ``source`` / ``centres_by_cohort``: crops at a detector's proposals instead of the
+    annotations (cohort name → patient → centres; see
+    :func:`survfed.client.crop_cache.build_crop_cache`).
+    """
     cohorts = []
     for d in cohort_dirs:
         path = Path(d)
         if not path.is_dir():
             raise FileNotFoundError(f"held-out cohort {path} is not a folder")
-        site = load_site_data(path, cache_dir, model_config, progress=progress, in_memory=True)
+        centres = None if centres_by_cohort is None else centres_by_cohort[path.name]
+        site = load_site_data(
+            path, cache_dir, model_config, progress=progress, in_memory=True, source=source,
+            centres_mm=centres,
+        )  # fmt: skip
         oracle = read_truth_log_hazard(path, site.dataset.patient_ids)
         cohorts.append(HeldOutCohort(site.name, site.dataset, oracle))
     names = [c.name for c in cohorts]

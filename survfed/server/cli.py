@@ -19,14 +19,19 @@ from survfed import __version__
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "evaluate",
-        help="evaluate a trained model on a held-out cohort",
+        help="evaluate a trained model (survival and/or detector) on a held-out cohort",
         description=(
-            "Harrell's and Uno's C-index, cancer AUC, time-dependent AUC, integrated Brier "
-            "score, each with a bootstrap 95%% interval, plus the oracle C-index when the "
-            "cohort's _truth/ is present. Writes a report folder with plots."
+            "Survival model (model.pt): Harrell's and Uno's C-index, cancer AUC, "
+            "time-dependent AUC, integrated Brier score, each with a bootstrap 95%% interval, "
+            "plus the oracle C-index when the cohort's _truth/ is present. Nodule detector "
+            "(detector.pt or detector/detector.pt): FROC sensitivities at 1/8..8 false "
+            "positives per scan, CPM and top-5 recall on nodules >= 6 mm. Writes report "
+            "folders with plots."
         ),
     )
-    parser.add_argument("--model", type=Path, required=True, help="run folder (holds model.pt)")
+    parser.add_argument(
+        "--model", type=Path, required=True, help="run folder (model.pt and/or detector.pt)"
+    )
     parser.add_argument("--cohort", type=Path, required=True, help="held-out site folder")
     parser.add_argument("--out", type=Path, default=None, help="report folder")
     parser.add_argument("--cache", type=Path, default=None, help="crop cache folder")
@@ -39,25 +44,54 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 def _run_evaluate(args: argparse.Namespace) -> int:
     from survfed.client.catalogue import NotASiteError
-    from survfed.server.evaluate import evaluate_run
+    from survfed.server.evaluate import evaluate_detector_run, evaluate_run, find_detector
 
-    try:
-        evaluation = evaluate_run(
-            args.model,
-            args.cohort,
-            out_dir=args.out,
-            cache_dir=args.cache,
-            n_bootstrap=args.bootstrap,
-            seed=args.seed,
-            device=args.device,
-            progress=not args.json,
+    survival = (args.model / "model.pt").is_file()
+    detector = find_detector(args.model) is not None
+    if not args.model.is_dir() or not (survival or detector):
+        print(
+            f"survfed-server evaluate: {args.model} holds neither model.pt nor detector.pt",
+            file=sys.stderr,
         )
+        return 2
+    out: dict[str, object] = {}
+    try:
+        if detector:
+            det = evaluate_detector_run(
+                args.model,
+                args.cohort,
+                out_dir=args.out / "detector" if args.out and survival else args.out,
+                cache_dir=args.cache,
+                device=args.device,
+                progress=not args.json,
+            )
+            out["detector"] = det.to_dict()
+        if survival:
+            evaluation = evaluate_run(
+                args.model,
+                args.cohort,
+                out_dir=args.out,
+                cache_dir=args.cache,
+                n_bootstrap=args.bootstrap,
+                seed=args.seed,
+                device=args.device,
+                progress=not args.json,
+            )
+            out = {**evaluation.to_dict(), **out}
     except (NotASiteError, FileNotFoundError, ValueError) as exc:
         print(f"survfed-server evaluate: {exc}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps(evaluation.to_dict(), indent=2, allow_nan=False))
-    else:
+        print(json.dumps(out, indent=2, allow_nan=False))
+        return 0
+    if detector:
+        m = det.evaluation.metrics
+        print(
+            f"detector on {det.evaluation.cohort}: CPM {m.cpm:.3f}, top-{m.k} recall "
+            f"{m.recall_top_k:.3f} ({m.n_nodules} nodules >= 6 mm in {det.evaluation.n_scans} "
+            f"scans); report {det.report_dir}/report.md"
+        )
+    if survival:
         print(evaluation.result.format_text())
         print(f"report: {evaluation.report_dir}/report.md")
     return 0

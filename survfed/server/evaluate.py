@@ -4,6 +4,13 @@ Predictions are made once for the whole cohort and every metric is computed once
 (never averaged over batches); see :mod:`survfed.common.survival.evaluation`. When the cohort
 was written by ``survfed make-cohort`` its ``_truth/`` folder gives the true log-hazards, and
 the oracle C-index (the best any image model can reach) is reported beside the model's.
+
+A run folder may hold a survival model (``model.pt``), a nodule detector (``detector.pt`` of
+``survfed train-detector``, or ``detector/detector.pt`` of a federation with detector rounds),
+or both. :func:`evaluate_detector_run` scores the detector (FROC, CPM, top-5 recall;
+:mod:`survfed.server.detector_eval`); :func:`evaluate_run` scores the survival model, on crops
+cut where the model's training crops were cut — at the annotations, or at the run's detector's
+proposals when it was trained on those (``crop_source`` in ``summary.json``).
 """
 
 from __future__ import annotations
@@ -11,13 +18,103 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from survfed.client.crop_cache import ANNOTATIONS
 from survfed.common.config import resolve_device
 from survfed.common.run_folder import RunFolder
 from survfed.common.survival.evaluation import EvaluationResult
 from survfed.common.survival.model import load_model
 from survfed.server.central_eval import load_held_out, score_cohort, write_cohort_report
+from survfed.server.detector_eval import DetectorEvaluation
 
-__all__ = ["CohortEvaluation", "evaluate_run"]
+__all__ = [
+    "CohortEvaluation",
+    "DetectorCohortEvaluation",
+    "evaluate_detector_run",
+    "evaluate_run",
+    "find_detector",
+]
+
+
+def find_detector(run_dir: str | Path) -> Path | None:
+    """The run's detector file: ``detector.pt`` (pooled) or ``detector/detector.pt``."""
+    for candidate in (Path(run_dir) / "detector.pt", Path(run_dir) / "detector" / "detector.pt"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+@dataclass(frozen=True)
+class DetectorCohortEvaluation:
+    """A detector on one cohort: the metrics and where the report was written."""
+
+    evaluation: DetectorEvaluation
+    report_dir: Path
+
+    def to_dict(self) -> dict[str, object]:
+        return {**self.evaluation.to_dict(), "report": str(self.report_dir)}
+
+
+def _detector_config(path: Path, device: str):  # -> (NNet, DetectorTrainConfig)
+    from survfed.common.config import DetectorTrainConfig
+    from survfed.common.detection.train import load_detector
+
+    model, det = load_detector(path, map_location=device)
+    return model, DetectorTrainConfig(detector=det, device=device)
+
+
+def evaluate_detector_run(
+    run_dir: str | Path,
+    cohort_dir: str | Path,
+    *,
+    out_dir: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    device: str = "auto",
+    progress: bool = True,
+) -> DetectorCohortEvaluation:
+    """Score the run's detector on the annotated patients of ``cohort_dir``."""
+    from survfed.server.detector_eval import (
+        evaluate_detector,
+        load_held_out_scans,
+        write_detector_report,
+    )
+
+    run = RunFolder(run_dir)
+    path = find_detector(run.path)
+    if path is None:
+        raise FileNotFoundError(f"{run.path} holds no detector.pt")
+    device = resolve_device(device)
+    model, config = _detector_config(path, device)
+    cache = Path(cache_dir) if cache_dir is not None else run.path / "cache"
+    (cohort,) = load_held_out_scans([cohort_dir], cache / "scans", config, progress=progress)
+    if not cohort.scans.scans:
+        raise ValueError(f"cohort {cohort_dir} has no annotated patient to score a detector on")
+    evaluation = evaluate_detector(model, [cohort], config, device=device)[cohort.name]
+    report = Path(out_dir) if out_dir is not None else path.parent / f"eval-{cohort.name}"
+    write_detector_report(evaluation, report, f"survfed detector {path} on {cohort.name}")
+    return DetectorCohortEvaluation(evaluation, report)
+
+
+def _proposal_crops_source(run: RunFolder, cohort_dir: Path, cache: Path, device: str, k: int):
+    """``(source, centres)`` for a run trained on detector crops, else ``(ANNOTATIONS, None)``."""
+    from survfed.client.local_detection import detector_id
+    from survfed.server.detector_eval import load_held_out_scans, proposal_centres
+
+    try:
+        source = str(run.read_json("summary.json").get("crop_source") or ANNOTATIONS)
+    except FileNotFoundError:
+        source = ANNOTATIONS
+    if source == ANNOTATIONS:
+        return ANNOTATIONS, None
+    path = find_detector(run.path)
+    if path is None:
+        raise FileNotFoundError(
+            f"{run.path} was trained on the crops of {source} but holds no detector.pt"
+        )
+    model, config = _detector_config(path, device)
+    if f"detector-{detector_id(model.state_dict())}" != source:
+        raise ValueError(f"{path} is not the detector the model was trained with ({source})")
+    (cohort,) = load_held_out_scans([cohort_dir], cache / "scans", config)
+    return source, {cohort.name: proposal_centres(model, cohort, config, device=device, k=k)}
 
 
 @dataclass(frozen=True)
@@ -68,7 +165,11 @@ def evaluate_run(
     baseline = run.read_baseline()
     device = resolve_device(device)
     cache = Path(cache_dir) if cache_dir is not None else run.path / "cache"
-    (cohort,) = load_held_out([cohort_dir], cache, model_config, progress=progress)
+    source, centres = _proposal_crops_source(run, cohort_dir, cache, device, model_config.k)
+    (cohort,) = load_held_out(
+        [cohort_dir], cache, model_config, progress=progress, source=source,
+        centres_by_cohort=centres,
+    )  # fmt: skip
     result, g = score_cohort(
         model.to(device),
         cohort,

@@ -271,13 +271,26 @@ def _new_rows(run_dir: Path, seen: int) -> list[dict[str, str]]:
     return rows[seen:]
 
 
+def _num(row: Mapping[str, str], key: str, fmt: str = ".3f") -> str:
+    value = row.get(key) or ""
+    try:
+        return format(float(value), fmt)
+    except ValueError:
+        return "n/a"
+
+
+def _fmt_detector_row(row: Mapping[str, str], total: int) -> str:
+    return (
+        f"detector round {row.get('round')}/{total}: held-out CPM {_num(row, 'cpm')}, top-5 "
+        f"recall {_num(row, 'recall_top5')} (nodules >= 6 mm), sites {row.get('sites')}, "
+        f"annotated patients {row.get('n_patients')}, train loss {_num(row, 'det_loss')}, "
+        f"round {_num(row, 'round_seconds', '.1f')} s"
+    )
+
+
 def _fmt_row(row: Mapping[str, str], total: int) -> str:
     def num(key: str, fmt: str = ".3f") -> str:
-        value = row.get(key) or ""
-        try:
-            return format(float(value), fmt)
-        except ValueError:
-            return "n/a"
+        return _num(row, key, fmt)
 
     ci = f"[{num('c_index_low')}, {num('c_index_high')}]"
     kb = num("bytes_up_per_site", ".0f")
@@ -335,8 +348,14 @@ def monitor_run(
     online_before = -1
     audit_seen = _audit_lines(fed.run_path) if fed.resume else 0
     summary = fed.run_path / "summary.json"
+    detector_dir = fed.run_path / "detector"
+    seen_det = len(_new_rows(detector_dir, 0)) if fed.resume else 0
     asked = -math.inf
     while True:
+        for row in _new_rows(detector_dir, seen_det):
+            if row.get("round") != "0":
+                log(_fmt_detector_row(row, fed.detector_rounds))
+            seen_det += 1
         for row in _new_rows(fed.run_path, seen):
             log(_fmt_row(row, fed.num_server_rounds))
             seen += 1

@@ -24,7 +24,7 @@ from typing import Any
 
 from survfed.app.config import FederationConfig, simulation_sites
 from survfed.server.federation import RunOutcome, monitor_run, stop_run, write_app_dir
-from survfed.server.flwr_home import submit_run
+from survfed.server.flwr_home import FlwrCliError, run_logs, submit_run
 from survfed.server.superlink import SuperLink, SuperLinkConfig
 
 __all__ = ["SimulationSettings", "run_simulation"]
@@ -69,6 +69,16 @@ class SimulationSettings:
         if "min-sites" not in self.federation:
             fed = fed.replace(**{"min-sites": len(simulation_sites(fed))})
         return fed
+
+
+def _log_tail(link: SuperLink, run_id: int, log: Callable[[str], None]) -> None:
+    """Print the end of the failed run's ServerApp log (it goes when the SuperLink stops)."""
+    try:
+        text = run_logs(link.connection, run_id)
+    except (FlwrCliError, OSError) as exc:
+        log(f"(the run's log could not be read: {exc})")
+        return
+    log("end of the ServerApp log:\n" + "\n".join(text.splitlines()[-40:]))
 
 
 def run_simulation(
@@ -121,6 +131,8 @@ def run_simulation(
         except BaseException:
             stop_run(link.connection, run_id)
             raise
+        if not status.endswith("completed"):
+            _log_tail(link, run_id, log)
     summary_path = fed.run_path / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     return RunOutcome(run_id, status, fed.run_path, summary, time.monotonic() - started)

@@ -137,6 +137,9 @@ class _SurvfedMixin:
         for reply, item in zip(replies, entry["replies"][start:], strict=True):
             if reply.has_error():
                 continue
+            if self._has_no_examples(reply.content):
+                item["no_examples"] = True  # e.g. no annotated patient in a detector round
+                continue
             problem = self._reply_problem(reply.content)
             if problem:
                 log(
@@ -149,10 +152,10 @@ class _SurvfedMixin:
                 item["rejected"] = problem
             else:
                 ok.append(reply)
-        if len(ok) < self.min_replies:
+        if not ok or len(ok) < self.min_replies_for(entry):
             log(
                 WARNING,
-                "round %d: %d valid train replies, fewer than min-sites=%d: keeping the "
+                "round %d: %d train replies with training examples (min-sites=%d): keeping the "
                 "previous global model",
                 rnd,
                 len(ok),
@@ -162,6 +165,20 @@ class _SurvfedMixin:
             return None, None
         entry["skipped"] = False
         return super().aggregate_train(rnd, ok)  # type: ignore[misc]
+
+    def min_replies_for(self, entry: dict[str, Any]) -> int:
+        """Replies with examples a round needs: ``min-sites``, less the sites that answered
+        with none (a site with nothing to train in this stage cannot block it)."""
+        empty = sum(1 for r in entry["replies"] if r.get("no_examples"))
+        return max(1, self.min_replies - empty)
+
+    @staticmethod
+    def _has_no_examples(content: RecordDict) -> bool:
+        """A valid "nothing to train on" reply: no arrays and ``num-examples`` = 0."""
+        metrics = list(content.metric_records.values())
+        return (
+            not content.array_records and len(metrics) == 1 and metrics[0].get("num-examples") == 0
+        )
 
     def _reply_problem(self, content: RecordDict) -> str | None:
         """Why a train reply cannot be averaged (``None`` if it can).

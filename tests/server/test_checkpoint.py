@@ -58,18 +58,18 @@ def test_final_model_is_the_mean_of_the_last_rounds(tmp_path) -> None:
 
     from survfed.app.config import FederationConfig
     from survfed.server.checkpoint import load_round_arrays
-    from survfed.server.fed_training import _tail_average
+    from survfed.server.rounds import tail_average
 
     for rnd in (1, 2, 3, 4):
         save_checkpoint(tmp_path, rnd, {"w": np.full(3, float(rnd), dtype=np.float32)})
     assert load_round_arrays(tmp_path, 9) is None
     fed = FederationConfig.from_run_config({"num-server-rounds": 4, "average-last": 0.5})
     last = ArrayRecord({"w": torch.zeros(3)})
-    state, used = _tail_average(tmp_path, fed, last)
+    state, used = tail_average(tmp_path, 4, fed.train, last)
     assert used == [3, 4]
     torch.testing.assert_close(state["w"], torch.full((3,), 3.5))
     (tmp_path / "checkpoint" / "round-0004.npz").unlink()
-    state, used = _tail_average(tmp_path, fed, last)
+    state, used = tail_average(tmp_path, 4, fed.train, last)
     assert used == [3] and float(state["w"][0]) == 3.0
     off = fed.replace(**{"average-last": 0.0})
-    assert _tail_average(tmp_path, off, last)[1] == []  # round 4's file is gone: last weights
+    assert tail_average(tmp_path, 4, off.train, last)[1] == []  # round 4's file is gone: last weights

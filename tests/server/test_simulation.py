@@ -65,3 +65,58 @@ def test_twenty_virtual_sites_train_and_evaluate(tmp_path: Path) -> None:
     assert (out / "model.pt").is_file() and (out / "checkpoint").is_dir()
     audit = [json.loads(line) for line in (out / "replies.jsonl").read_text().splitlines()]
     assert len({e["node_id"] for e in audit if "content" in e}) == expected_sites
+
+
+def _without_annotations(site_dir: Path) -> None:
+    """Make a site that annotated no nodule at all (its nodules.csv empty)."""
+    rows = list(csv.DictReader((site_dir / "clinical.csv").open(newline="")))
+    with (site_dir / "clinical.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows([{**r, "nodules_annotated": "0"} for r in rows])
+    header = (site_dir / "nodules.csv").read_text().splitlines()[0]
+    (site_dir / "nodules.csv").write_text(header + "\n")
+
+
+@pytest.mark.slow  # ~2-3 min on 2 shared cores: preprocessing, a detector round, proposals
+def test_detector_rounds_then_survival_on_proposals(tiny_cohort: Path, tmp_path: Path) -> None:
+    """A site without a single annotation trains no detector, yet takes part in survival
+    training on the crops the global detector proposes for its patients."""
+    import shutil
+
+    cohort = tmp_path / "cohort"
+    for name in ("iowa", "maastro", "stanford"):
+        shutil.copytree(tiny_cohort / name, cohort / name)
+    shutil.copytree(tiny_cohort / "_truth", cohort / "_truth")
+    _without_annotations(cohort / "maastro")
+    out = tmp_path / "run"
+    cmd = [
+        sys.executable, "-m", "survfed.cli", "simulate", "--cohort", str(cohort),
+        "--heldout", "stanford", "--out", str(out), "--rounds", "1", "--json",
+        "--set", "detector-rounds=1", "--set", "detector-preset='cpu'",
+        "--set", "detector-patch-size=48", "--set", "detector-samples-per-epoch=4",
+        "--set", "batch-size=2", "--set", "min-patients-for-metrics=2",
+        "--set", "bootstrap-per-round=0", "--set", "bootstrap-final=10",
+        "--set", "crop-size=16", "--set", "k=2", "--set", "device='cpu'",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    summary = json.loads(proc.stdout)
+
+    det_rows = list(csv.DictReader((out / "detector" / "metrics.csv").open(newline="")))
+    assert [r["round"] for r in det_rows] == ["0", "1"]
+    iowa_annotated = _patients_with_crops(cohort / "iowa")
+    assert int(det_rows[1]["n_patients"]) == iowa_annotated  # maastro weighs 0
+    assert det_rows[1]["sites"] == "2" and det_rows[1]["skipped"] == "False"
+    assert 0.0 <= float(det_rows[1]["cpm"]) <= 1.0
+    audit = [json.loads(x) for x in (out / "detector" / "replies.jsonl").read_text().splitlines()]
+    empty = [e for e in audit if e.get("no_examples")]
+    assert len(empty) == 1 and set(empty[0]["content"]) == {"metrics"}  # no weights sent
+    assert (out / "detector" / "detector.pt").is_file()
+    assert (out / "detector" / "eval-stanford" / "froc.png").is_file()
+
+    detector_id = summary["detector"]["detector_id"]
+    assert summary["crop_source"] == f"detector-{detector_id}"
+    surv = summary["history"][1]
+    assert surv["sites"] == 2 and surv["n_patients"] == 12  # every patient, annotated or not
+    assert summary["evaluations"]["stanford"]["n"] == 6  # held-out crops from proposals too

@@ -80,3 +80,19 @@ def test_replies_are_checked_one_by_one_not_by_matching_metric_keys() -> None:
     assert "num-examples" in strategy._reply_problem(reply(good, **{"num-examples": 0}))
     two = RecordDict({"a": good, "b": good, "m": MetricRecord({"num-examples": 1})})
     assert "one ArrayRecord" in strategy._reply_problem(two)
+
+
+def test_a_site_with_nothing_to_train_is_not_a_failure_and_lowers_the_quorum() -> None:
+    """Detector rounds: a site without annotated patients replies num-examples 0 and no arrays;
+    the reply is neither averaged nor rejected, and it does not count against min-sites."""
+    strategy = build_strategy(FederationConfig.from_run_config({"min-sites": 3}))
+    empty = RecordDict({"metrics": MetricRecord({"num-examples": 0})})
+    assert strategy._has_no_examples(empty)
+    arrays = ArrayRecord({"w": Array(np.zeros(2))})
+    with_arrays = RecordDict({"arrays": arrays, "metrics": MetricRecord({"num-examples": 0})})
+    assert not strategy._has_no_examples(with_arrays)  # zero weight but arrays: malformed
+    assert "num-examples" in strategy._reply_problem(with_arrays)
+    entry = {"replies": [{"node_id": 1, "no_examples": True}, {"node_id": 2}, {"node_id": 3}]}
+    assert strategy.min_replies_for(entry) == 2
+    entry["replies"] = [{"node_id": i, "no_examples": True} for i in range(5)]
+    assert strategy.min_replies_for(entry) == 1  # never below one real reply

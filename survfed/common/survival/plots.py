@@ -34,24 +34,28 @@ __all__ = [
     "calibration_table",
     "km_at",
     "logrank_p",
+    "new_figure",
     "plot_calibration",
     "plot_km_by_risk_group",
     "plot_metric_history",
     "plot_roc",
     "risk_groups",
+    "save_figure",
     "write_report",
 ]
 
 _GROUP_NAMES = {2: ("low", "high"), 3: ("low", "intermediate", "high")}
 
 
-def _new_figure(width: float = 6.4, height: float = 4.8) -> Figure:
+def new_figure(width: float = 6.4, height: float = 4.8) -> Figure:
+    """A matplotlib figure on the Agg canvas (no pyplot state, safe in worker threads)."""
     fig = Figure(figsize=(width, height), dpi=100)
     FigureCanvasAgg(fig)
     return fig
 
 
-def _save(fig: Figure, path: str | Path) -> Path:
+def save_figure(fig: Figure, path: str | Path) -> Path:
+    """Write ``fig`` as PNG to ``path`` (parent folders created); returns the path."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, format="png", bbox_inches="tight")
@@ -149,7 +153,7 @@ def plot_km_by_risk_group(
     p = logrank_p(t, e, groups)
     ticks = _time_ticks(float(t.max()))
 
-    fig = _new_figure(7.0, 5.6)
+    fig = new_figure(7.0, 5.6)
     gs = fig.add_gridspec(2, 1, height_ratios=(4, 1), hspace=0.35)
     ax = fig.add_subplot(gs[0])
     ax_tab = fig.add_subplot(gs[1], sharex=ax)
@@ -191,7 +195,7 @@ def plot_km_by_risk_group(
     for side in ("top", "right", "left"):
         ax_tab.spines[side].set_visible(False)
     ax_tab.tick_params(axis="y", length=0)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_roc(score: object, cancer: object, path: str | Path) -> Path | None:
@@ -207,7 +211,7 @@ def plot_roc(score: object, cancer: object, path: str | Path) -> Path | None:
         return None
     known = ~np.isnan(y)
     fpr, tpr, _ = roc_curve(y[known].astype(int), s[known])
-    fig = _new_figure(5.2, 5.0)
+    fig = new_figure(5.2, 5.0)
     ax = fig.add_subplot(1, 1, 1)
     n_pos = int(y[known].sum())
     ax.plot(fpr, tpr, label=f"AUC = {auc:.3f} ({n_pos} cancer / {int(known.sum())})")
@@ -220,7 +224,7 @@ def plot_roc(score: object, cancer: object, path: str | Path) -> Path | None:
     ax.set_aspect("equal")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 @dataclass(frozen=True)
@@ -282,7 +286,7 @@ def plot_calibration(
     """Calibration plot at ``horizon`` days: mean predicted survival per risk quintile (x)
     against the Kaplan–Meier estimate with its 95% interval (y), and the diagonal."""
     tab = calibration_table(baseline, log_hz, time, event, horizon, n_groups)
-    fig = _new_figure(5.2, 5.0)
+    fig = new_figure(5.2, 5.0)
     ax = fig.add_subplot(1, 1, 1)
     ok = np.isfinite(tab.observed)
     yerr = np.vstack([tab.observed - tab.observed_low, tab.observed_high - tab.observed])
@@ -303,7 +307,7 @@ def plot_calibration(
     ax.set_aspect("equal")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_metric_history(
@@ -322,7 +326,7 @@ def plot_metric_history(
         raise ValueError("keys must name at least one metric")
     if isinstance(keys, str):
         raise TypeError("keys must be a sequence of metric names, not a single string")
-    fig = _new_figure(6.4, 4.0)
+    fig = new_figure(6.4, 4.0)
     ax = fig.add_subplot(1, 1, 1)
     for key in keys:
         xs, ys = [], []
@@ -336,7 +340,7 @@ def plot_metric_history(
     ax.set_title("Metrics per round")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _calibration_horizon(result: EvaluationResult) -> float:
