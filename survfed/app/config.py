@@ -29,6 +29,8 @@ Run config keys (all optional except ``run-dir``)::
     grid-step-days = 30.0  grid-max-days = 3650.0  device = "auto"
     encoder = "small"  k = 5  crop-size = 32  spacing-mm = 1.0  hu-low = -1200.0
     hu-high = 600.0  feature-dim = 128  hidden = 32
+    cancer-head = "two-task"      # or "noisy-or": leaky noisy-OR over per-nodule probabilities
+                                  # (encoder "nnet"/"nnet-small" starts from the detector)
     cox-weight = 1.0  bce-weight = 1.0  ties = "efron"
     detector-rounds = 0           # N-Net detector rounds before the survival rounds (0 = none)
     crop-source = "detector"      # survival crops from: "detector" proposals (default with
@@ -89,6 +91,7 @@ _TRAIN_KEYS: dict[str, tuple[str, str]] = {
     "spacing-mm": ("model", "spacing_mm"),
     "feature-dim": ("model", "feature_dim"),
     "hidden": ("model", "hidden"),
+    "cancer-head": ("model", "cancer_head"),
     "cox-weight": ("loss", "cox_weight"),
     "bce-weight": ("loss", "bce_weight"),
     "ties": ("loss", "ties"),

@@ -23,7 +23,7 @@ from survfed.common.survival.baseline import BaselineHazard
 from survfed.common.survival.evaluation import EvaluationResult, evaluate_predictions
 from survfed.common.survival.model import CropSurvivalModel, ModelConfig
 from survfed.common.survival.plots import write_report
-from survfed.common.survival.train import predict
+from survfed.common.survival.train import predict_outputs
 
 __all__ = [
     "HeldOutCohort",
@@ -138,7 +138,7 @@ def score_cohort(
     ``model`` must already be on ``device``. Returns the metrics and the log-hazards ``(n,)``.
     """
     ds = cohort.dataset
-    g = predict(model, ds, device=device, batch_size=32)
+    g, cancer_logit = predict_outputs(model, ds, device=device, batch_size=32)
     result = evaluate_predictions(
         g,
         ds.times,
@@ -148,6 +148,7 @@ def score_cohort(
         oracle_log_hz=cohort.oracle,
         n_bootstrap=n_bootstrap,
         seed=seed,
+        cancer_score=None if model.cancer_head == "two-task" else cancer_logit,
     )
     return result, g
 

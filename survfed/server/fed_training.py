@@ -41,6 +41,7 @@ from survfed.app.identity import app_identity
 from survfed.client.crop_cache import ANNOTATIONS, detector_source
 from survfed.common.run_folder import RunFolder
 from survfed.common.survival.baseline import baseline_from_aggregates, make_time_grid
+from survfed.common.survival.encoders import load_detector_backbone
 from survfed.common.survival.model import save_model
 from survfed.common.survival.plots import plot_metric_history
 from survfed.server.central_eval import (
@@ -58,10 +59,20 @@ __all__ = ["SITES_FILE", "initial_state", "run_federated_training"]
 _TRAIN_KEYS = ("train-loss", "train-cox", "train-bce", "train-prox", "train-c-index")
 
 
-def initial_state(fed: FederationConfig) -> dict[str, torch.Tensor]:
-    """The round-0 weights: the model built under ``torch.manual_seed(seed)`` (as pooled)."""
+def initial_state(
+    fed: FederationConfig, detector: Mapping[str, torch.Tensor] | None = None
+) -> dict[str, torch.Tensor]:
+    """The round-0 weights: the model built under ``torch.manual_seed(seed)`` (as pooled).
+
+    With an N-Net crop encoder (``encoder = "nnet"`` / ``"nnet-small"``) and the run's final
+    detector of the same width, the encoder starts from the detector's backbone (seed 003's
+    classifier starts from its detector).
+    """
     torch.manual_seed(fed.train.seed)
-    return fed.train.model.build_model().state_dict()
+    model = fed.train.model.build_model()
+    if detector is not None and fed.train.model.encoder.startswith("nnet"):
+        load_detector_backbone(model.encoder, detector)
+    return model.state_dict()
 
 
 def _query_aggregates(
@@ -144,8 +155,9 @@ def _held_out(
     cache: Path,
     identity: dict[str, Any],
     log: Callable[[str], None],
-) -> tuple[list[HeldOutCohort], str, dict[str, Any] | None]:
-    """The detector stage when configured; the held-out survival cohorts and the crop source."""
+) -> tuple[list[HeldOutCohort], str, Any]:
+    """The detector stage when configured; the held-out survival cohorts, the crop source and
+    the stage (``None`` without detector rounds)."""
     if fed.detector_rounds == 0:
         return load_held_out(fed.eval_cohorts, cache, fed.train.model), ANNOTATIONS, None
     from survfed.client.local_detection import load_detector_state
@@ -159,7 +171,7 @@ def _held_out(
         log=log,
     )  # fmt: skip
     if fed.crop_source != "detector":
-        return load_held_out(fed.eval_cohorts, cache, fed.train.model), ANNOTATIONS, stage.summary()
+        return load_held_out(fed.eval_cohorts, cache, fed.train.model), ANNOTATIONS, stage
     source = detector_source(stage.detector_id)
     query_proposals(grid, stage.state, fed, identity, log)
     device = resolve_device(fed.detector.device)
@@ -171,7 +183,7 @@ def _held_out(
     cohorts = load_held_out(
         fed.eval_cohorts, cache, fed.train.model, source=source, centres_by_cohort=centres
     )
-    return cohorts, source, stage.summary()
+    return cohorts, source, stage
 
 
 def run_federated_training(
@@ -195,7 +207,7 @@ def run_federated_training(
     run.write_json("config.json", config)
     identity = dict(app_identity(APP_NAME))
     cache = Path(fed.eval_cache_dir) if fed.eval_cache_dir else run.path / "cache"
-    cohorts, source, detector = _held_out(grid, fed, run, cache, identity, log)
+    cohorts, source, stage = _held_out(grid, fed, run, cache, identity, log)
     for c in cohorts:
         log(f"held-out cohort {c.name}: {len(c.dataset)} patients (crops: {source})")
 
@@ -213,7 +225,7 @@ def run_federated_training(
         fed,
         folder=run.path,
         rounds=fed.num_server_rounds,
-        initial=initial_state(fed),
+        initial=initial_state(fed, stage.state if stage is not None else None),
         train_config={**identity, "stage": "survival", "crop-source": source},
         schedule=fed.train,
         evaluate=evaluate,
@@ -268,7 +280,7 @@ def run_federated_training(
         "crop_source": source,
         "history": history,
         "evaluations": evaluations,
-        "detector": detector,
+        "detector": stage.summary() if stage is not None else None,
         "baseline_sites": len(aggregates),
         "plots": [str(p) for p in plots],
         "seconds": time.perf_counter() - started,

@@ -31,7 +31,7 @@ from survfed.common.survival.batching import SiteStratifiedBatchSampler
 from survfed.common.survival.metrics import cancer_auc, harrell_c
 from survfed.common.survival.model import CropSurvivalModel, save_model
 from survfed.common.survival.snapshot import SnapshotMean
-from survfed.common.survival.train import predict, train_epoch
+from survfed.common.survival.train import predict, predict_outputs, train_epoch
 
 __all__ = ["PooledResult", "fit_baseline", "train_pooled"]
 
@@ -163,14 +163,14 @@ def train_pooled(
             augment=augment,
             progress=progress,
         )
-        g = predict(model, dataset, device=device, batch_size=32)
+        g, cancer_logit = predict_outputs(model, dataset, device=device, batch_size=32)
         row = {
             "epoch": epoch,
             "loss": stats["loss"],
             "cox": stats["cox"],
             "bce": stats["bce"],
             "train_c_index": harrell_c(g, dataset.times, dataset.events),
-            "train_auc": cancer_auc(g, dataset.cancer),
+            "train_auc": cancer_auc(cancer_logit, dataset.cancer),
             "n_patients": stats["n_patients"],
             "seconds": stats["seconds"],
             "crops_per_s": stats["crops_per_s"],

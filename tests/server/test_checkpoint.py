@@ -72,4 +72,4 @@ def test_final_model_is_the_mean_of_the_last_rounds(tmp_path) -> None:
     state, used = tail_average(tmp_path, 4, fed.train, last)
     assert used == [3] and float(state["w"][0]) == 3.0
     off = fed.replace(**{"average-last": 0.0})
-    assert tail_average(tmp_path, 4, off.train, last)[1] == []  # round 4's file is gone: last weights
+    assert tail_average(tmp_path, 4, off.train, last)[1] == []  # round 4 is gone: last weights

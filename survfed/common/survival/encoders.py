@@ -16,6 +16,14 @@ The three networks of seed 000 §5.3 (tables 5–7) plus a small CPU preset:
     Four 3³ convolutions with strides 2/2/2/1 (16, 32, 64, 64 channels; a 32³ crop is worked on
     at 16³, 8³ and 4³), global average pool, FC to ``feature_dim``: 0.19 M parameters, fast
     enough to train on a laptop CPU.
+``nnet`` / ``nnet-small``
+    Seed 003 §V: the N-Net detector's backbone (width 24 / the CPU preset's 8) up to its last
+    feature map; the central 2×2×2 voxels are max-pooled into one vector (128 channels at width
+    24), then FC to ``feature_dim``. Crops are mapped to the detector's intensity scale
+    (``(v − 128) / 128`` of the same HU window as uint8) and its location channels are zero
+    (a crop does not know where the lungs end). Its weights can start from a trained detector
+    (:func:`load_detector_backbone`); crops then best have the detector's voxel size. Crop
+    sizes must be multiples of 16.
 
 Choices the seed leaves open (its kernel sizes were lost in extraction), stated here:
 
@@ -37,13 +45,20 @@ Choices the seed leaves open (its kernel sizes were lost in extraction), stated 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
+import torch
 from torch import nn
 
-__all__ = ["ENCODER_NAMES", "build_encoder", "count_parameters"]
+__all__ = [
+    "ENCODER_NAMES",
+    "NNetCropEncoder",
+    "build_encoder",
+    "count_parameters",
+    "load_detector_backbone",
+]
 
-ENCODER_NAMES: tuple[str, ...] = ("resnet18", "vgg16", "alexnet", "small")
+ENCODER_NAMES: tuple[str, ...] = ("resnet18", "vgg16", "alexnet", "small", "nnet", "nnet-small")
 """Names accepted by :func:`build_encoder`."""
 
 _MIN_CROP = 8
@@ -134,6 +149,54 @@ def _small(in_channels: int, feature_dim: int) -> nn.Module:
     )
 
 
+class NNetCropEncoder(nn.Module):
+    """The N-Net backbone's features at the centre of a crop (see the module docstring).
+
+    Args:
+        width: the N-Net's channel multiplier (24 = paper, 8 = CPU preset).
+        feature_dim: output length.
+    """
+
+    def __init__(self, width: int, feature_dim: int) -> None:
+        super().__init__()
+        from survfed.common.detection.nnet import NNet
+
+        self.nnet = NNet(width=width, num_anchors=3, dropout=0.0)
+        self.nnet.head = nn.Identity()  # the detector's RPN output is not used here
+        self.proj = nn.Linear(self.nnet.feature_channels, feature_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, 1, S, S, S)`` crops in ``[0, 1]`` → ``(B, feature_dim)``."""
+        b, _, d, h, w = x.shape
+        scaled = x * (255.0 / 128.0) - 1.0  # the detector's (v - 128) / 128 on uint8 grey
+        coord = x.new_zeros((b, 3, d // 4, h // 4, w // 4))
+        feats = self.nnet.features(scaled, coord)
+        cz, cy, cx = (n // 2 for n in feats.shape[2:])
+        centre = feats[:, :, cz - 1 : cz + 1, cy - 1 : cy + 1, cx - 1 : cx + 1]
+        return self.proj(centre.amax(dim=(2, 3, 4)))
+
+
+def load_detector_backbone(encoder: nn.Module, detector_state: Mapping[str, torch.Tensor]) -> int:
+    """Copy a trained detector's backbone into an :class:`NNetCropEncoder` (same width).
+
+    Every detector weight but the RPN head whose name and shape match is copied; returns how
+    many tensors were (0 when the widths differ). The paper's stage A: the case classifier
+    starts from the detector.
+    """
+    if not isinstance(encoder, NNetCropEncoder):
+        raise TypeError(f"encoder must be an NNetCropEncoder, got {type(encoder).__name__}")
+    own = encoder.nnet.state_dict()
+    take = {
+        k: v
+        for k, v in detector_state.items()
+        if not k.startswith("head.") and k in own and tuple(own[k].shape) == tuple(v.shape)
+    }
+    if len(take) < len(own):
+        return 0
+    encoder.nnet.load_state_dict(take, strict=False)
+    return len(take)
+
+
 def _resnet18(in_channels: int, feature_dim: int) -> nn.Module:
     from monai.networks.nets import resnet18
 
@@ -191,6 +254,13 @@ def build_encoder(
     in_channels = _positive_int(in_channels, "in_channels")
     feature_dim = _positive_int(feature_dim, "feature_dim")
     _positive_int(crop_size, "crop_size", minimum=_MIN_CROP)
+    if name.startswith("nnet"):
+        if in_channels != 1 or crop_size % 16:
+            raise ValueError(
+                f"encoder {name!r} needs 1 input channel and a crop_size that is a multiple of "
+                f"16 (the N-Net pools four times), got {in_channels} and {crop_size}"
+            )
+        return NNetCropEncoder(24 if name == "nnet" else 8, feature_dim)
     builders = {
         "resnet18": _resnet18,
         "vgg16": _vgg16,

@@ -229,6 +229,7 @@ def evaluate_predictions(
     td_times: Sequence[float] = DEFAULT_TD_TIMES,
     tau_quantile: float = 0.9,
     ibs_points: int = 100,
+    cancer_score: object | None = None,
 ) -> EvaluationResult:
     """Compute every survival and diagnosis metric of one cohort, with bootstrap intervals.
 
@@ -247,6 +248,8 @@ def evaluate_predictions(
         tau_quantile: quantile of observed times used as Uno's ``tau`` and as the end of the
             Brier-score grid.
         ibs_points: number of points of the Brier-score grid.
+        cancer_score: ``(n,)`` the cancer score of a separate cancer head (e.g. the noisy-OR
+            logit) for the cancer AUC; ``None`` = ``g`` (seed 000's two-task head).
 
     Returns:
         :class:`EvaluationResult`.
@@ -275,7 +278,9 @@ def evaluate_predictions(
     if y_cancer is not None:
         known = ~np.isnan(y_cancer)
         n_labelled, n_positive = int(known.sum()), int(np.nansum(y_cancer))
-        auc = bootstrap_ci(cancer_auc, g, y_cancer, **boot)
+        score = _optional_vector(cancer_score, n, "cancer_score", allow_nan=False)
+        score = g if score is None else score
+        auc = bootstrap_ci(cancer_auc, score, y_cancer, **boot)
 
     full_td = time_dependent_auc(g, t, e, td_times)
     kept = tuple(full_td.auc)

@@ -334,6 +334,7 @@ def two_task_loss(
     strata: Tensor | None = None,
     cancer_mask: Tensor | None = None,
     allow_no_events: bool = False,
+    cancer_logit: Tensor | None = None,
 ) -> TwoTaskLoss:
     r"""Seed 000's two-task loss (eq. 6): BCE on :math:`\sigma(g)` plus Cox on the same :math:`g`.
 
@@ -352,6 +353,9 @@ def two_task_loss(
             NaN rule).
         allow_no_events: passed to :func:`cox_nll`; with ``True`` a batch without events
             gets a Cox term of exactly 0 and still trains the BCE term.
+        cancer_logit: ``(n,)`` logit of P(cancer) from a separate cancer head (e.g. the leaky
+            noisy-OR); the BCE term uses it instead of :math:`g`. ``None``: seed 000's shared
+            output.
 
     Returns:
         :class:`TwoTaskLoss` (total, cox, bce, n_events, n_labelled). If no patient is
@@ -378,8 +382,16 @@ def two_task_loss(
 
     zero = _zero_with_graph(log_hz)
     n_labelled = int(labelled.sum())
+    if cancer_logit is not None:
+        cancer_logit = _as_log_hz(cancer_logit)
+        if cancer_logit.shape != log_hz.shape:
+            raise ValueError(
+                f"cancer_logit must have shape {tuple(log_hz.shape)}, got "
+                f"{tuple(cancer_logit.shape)}"
+            )
+    logit = log_hz if cancer_logit is None else cancer_logit
     if bce_weight > 0 and n_labelled > 0:
-        bce = F.binary_cross_entropy_with_logits(log_hz[labelled], y, reduction="mean")
+        bce = F.binary_cross_entropy_with_logits(logit[labelled], y, reduction="mean")
     else:
         bce = zero
     n_events = 0

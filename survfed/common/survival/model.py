@@ -4,10 +4,18 @@ A patient is ``k`` nodule crops (top-k, largest or most suspicious first; blank 
 has fewer nodules). Each *present* crop goes through a shared 3D encoder (128-D feature) and a
 fully connected layer to ``hidden`` = 32 units with ReLU; the element-wise maximum over the
 patient's present crops gives one 32-D vector, and a last fully connected layer gives one number
-``g`` per patient:
+``g`` per patient: the log hazard (relative risk) of the Cox term.
 
-* ``g`` is the log hazard (relative risk) of the Cox term;
-* ``sigmoid(g)`` is the cancer probability of the BCE term.
+The cancer probability comes from one of two selectable heads (``ModelConfig.cancer_head``):
+
+* ``"two-task"`` (seed 000): ``sigmoid(g)`` — the same number drives both terms;
+* ``"noisy-or"`` (seed 003 §V-D): each present crop's encoder feature goes through a two-layer
+  perceptron (64 hidden units) to a per-nodule probability ``P_i``, combined by the leaky
+  noisy-OR ``P = 1 − (1 − P_d) ∏_i (1 − P_i)`` with a learned leak ``P_d`` (a patient without
+  nodules has ``P = P_d``); ``g`` stays the Cox term's log hazard. Per-nodule probabilities make
+  the cancer prediction interpretable nodule by nodule.
+
+:meth:`CropSurvivalModel.outputs` returns both ``g`` and the cancer logit.
 
 Masking: blank crops (``present=False``) never enter the maximum, so what is stored in a blank
 crop cannot change ``g`` of a patient who has at least one nodule. A patient with *no* present
@@ -31,10 +39,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from survfed.common.detection.noisy_or import noisy_or_log_complement
 from survfed.common.survival.encoders import ENCODER_NAMES, build_encoder
 
-__all__ = ["CropSurvivalModel", "ModelConfig", "load_model", "save_model"]
+__all__ = ["CANCER_HEADS", "CropSurvivalModel", "ModelConfig", "load_model", "save_model"]
 
+CANCER_HEADS: tuple[str, ...] = ("two-task", "noisy-or")
+"""Cancer heads of :class:`CropSurvivalModel` (see the module docstring)."""
+
+_NODULE_HIDDEN = 64  # seed 003 §V-B: two-layer perceptron with 64 hidden units
+_LEAK_INIT = -2.0  # P_d = sigmoid(-2) ≈ 0.12 before training
 _FORMAT = "survfed.crop_survival_model"
 _FORMAT_VERSION = 1
 
@@ -58,6 +72,8 @@ class ModelConfig:
         hu_window: ``(low, high)`` HU mapped to ``[0, 1]``.
         feature_dim: encoder output length per crop.
         hidden: width of the per-crop fully connected layer before the max over crops.
+        cancer_head: ``"two-task"`` (``sigmoid(g)``) or ``"noisy-or"`` (leaky noisy-OR over
+            per-nodule probabilities); see the module docstring.
     """
 
     encoder: str = "resnet18"
@@ -67,10 +83,13 @@ class ModelConfig:
     hu_window: tuple[float, float] = (-1200.0, 600.0)
     feature_dim: int = 128
     hidden: int = 32
+    cancer_head: str = "two-task"
 
     def __post_init__(self) -> None:
         if self.encoder not in ENCODER_NAMES:
             raise ValueError(f"encoder must be one of {ENCODER_NAMES}, got {self.encoder!r}")
+        if self.cancer_head not in CANCER_HEADS:
+            raise ValueError(f"cancer_head must be one of {CANCER_HEADS}, got {self.cancer_head!r}")
         _check_int(self.k, "k", 1)
         _check_int(self.crop_size, "crop_size", 8)
         _check_int(self.feature_dim, "feature_dim", 1)
@@ -127,6 +146,7 @@ class ModelConfig:
             crop_size=self.crop_size,
             feature_dim=self.feature_dim,
             hidden=self.hidden,
+            cancer_head=self.cancer_head,
         )
 
 
@@ -139,6 +159,7 @@ class CropSurvivalModel(nn.Module):
         crop_size: crop edge ``S`` in voxels.
         feature_dim: encoder output length (128 in seed 000).
         hidden: per-crop hidden width (32 in seed 000).
+        cancer_head: ``"two-task"`` or ``"noisy-or"`` (see the module docstring).
     """
 
     def __init__(
@@ -148,6 +169,7 @@ class CropSurvivalModel(nn.Module):
         crop_size: int = 32,
         feature_dim: int = 128,
         hidden: int = 32,
+        cancer_head: str = "two-task",
     ) -> None:
         super().__init__()
         self.encoder_name = encoder_name
@@ -158,6 +180,14 @@ class CropSurvivalModel(nn.Module):
         self.encoder = build_encoder(encoder_name, feature_dim=feature_dim, crop_size=crop_size)
         self.hidden = nn.Linear(feature_dim, hidden)
         self.out = nn.Linear(hidden, 1)
+        if cancer_head not in CANCER_HEADS:
+            raise ValueError(f"cancer_head must be one of {CANCER_HEADS}, got {cancer_head!r}")
+        self.cancer_head = cancer_head
+        if cancer_head == "noisy-or":
+            self.nodule_mlp = nn.Sequential(
+                nn.Linear(feature_dim, _NODULE_HIDDEN), nn.ReLU(), nn.Linear(_NODULE_HIDDEN, 1)
+            )
+            self.leak_logit = nn.Parameter(torch.tensor(_LEAK_INIT))
 
     def crop_features(self, crops: torch.Tensor) -> torch.Tensor:
         """``(N, 1, S, S, S)`` crops → ``(N, hidden)`` post-ReLU per-crop features."""
@@ -171,7 +201,19 @@ class CropSurvivalModel(nn.Module):
             present: ``(B, k)`` bool, False marks blank crops (ignored).
 
         Returns:
-            ``(B,)`` float tensor ``g``; ``sigmoid(g)`` is the cancer probability.
+            ``(B,)`` float tensor ``g`` (with the two-task head ``sigmoid(g)`` is also the
+            cancer probability; see :meth:`outputs`).
+        """
+        return self.outputs(crops, present)[0]
+
+    def outputs(
+        self, crops: torch.Tensor, present: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(g, cancer_logit)``, both ``(B,)``: the log hazard and the logit of P(cancer).
+
+        With the two-task head the two are the same tensor; with the noisy-OR head the
+        cancer logit is ``log P − log(1 − P)`` of the leaky noisy-OR, from its log-complement
+        (stable when ``P`` is near 0 or 1).
         """
         s = self.crop_size
         if crops.ndim != 6 or tuple(crops.shape[1:]) != (self.k, 1, s, s, s):
@@ -189,13 +231,22 @@ class CropSurvivalModel(nn.Module):
         inputs = crops[present]
         if not bool(has_any.all()):
             inputs = torch.cat([inputs, crops.new_zeros((1, 1, s, s, s))])
-        feats = self.crop_features(inputs)
+        encoded = self.encoder(inputs)
+        feats = torch.relu(self.hidden(encoded))
         per_crop = feats.new_full((batch, self.k, self.hidden_dim), float("-inf"))
         per_crop = per_crop.index_put((present,), feats[:n_present])
         pooled = per_crop.amax(dim=1)
         if n_present < feats.shape[0]:
             pooled = torch.where(has_any[:, None], pooled, feats[n_present:].expand_as(pooled))
-        return self.out(pooled).squeeze(-1)
+        g = self.out(pooled).squeeze(-1)
+        if self.cancer_head == "two-task":
+            return g, g
+        logits = g.new_zeros((batch, self.k))
+        z = self.nodule_mlp(encoded[:n_present]).squeeze(-1).to(logits.dtype)
+        logits = logits.index_put((present,), z)
+        log_c = noisy_or_log_complement(logits, present, self.leak_logit.to(logits.dtype))
+        log_c = log_c.clamp(max=-1e-7)  # P >= 1e-7: the logit stays finite
+        return g, torch.log(-torch.expm1(log_c)) - log_c
 
 
 def _check_matches(model: CropSurvivalModel, config: ModelConfig) -> None:
@@ -205,6 +256,7 @@ def _check_matches(model: CropSurvivalModel, config: ModelConfig) -> None:
         "crop_size": (model.crop_size, config.crop_size),
         "feature_dim": (model.feature_dim, config.feature_dim),
         "hidden": (model.hidden_dim, config.hidden),
+        "cancer_head": (model.cancer_head, config.cancer_head),
     }
     bad = {name: pair for name, pair in pairs.items() if pair[0] != pair[1]}
     if bad:

@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from survfed.common.imaging.augment import random_flip_rotate
 from survfed.common.survival.losses import two_task_loss
 
-__all__ = ["LossConfig", "predict", "proximal_term", "train_epoch"]
+__all__ = ["LossConfig", "predict", "predict_outputs", "proximal_term", "train_epoch"]
 
 
 @dataclass(frozen=True)
@@ -215,7 +215,7 @@ def train_epoch(
         b = int(batch["time"].shape[0])
         optimizer.zero_grad(set_to_none=True)
         with _autocast(device, amp):
-            g = model(batch["crops"], batch["present"])
+            g, cancer_logit = _outputs(model, batch["crops"], batch["present"])
         parts = two_task_loss(
             g.float(),
             batch["event"],
@@ -226,6 +226,7 @@ def train_epoch(
             ties=loss_cfg.ties,
             strata=batch.get("site"),
             allow_no_events=True,
+            cancer_logit=None if cancer_logit is g else cancer_logit.float(),
         )
         loss = parts.total
         if pairs:
@@ -281,7 +282,16 @@ def train_epoch(
     return stats
 
 
-@torch.no_grad()
+def _outputs(
+    model: nn.Module, crops: torch.Tensor, present: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(g, cancer_logit)`` of a model with :meth:`~CropSurvivalModel.outputs`, else ``(g, g)``."""
+    if hasattr(model, "outputs"):
+        return model.outputs(crops, present)
+    g = model(crops, present)
+    return g, g
+
+
 def predict(
     model: nn.Module,
     dataset: Dataset,
@@ -291,7 +301,23 @@ def predict(
     amp: bool = False,
     num_workers: int = 0,
 ) -> np.ndarray:
-    """Model output ``g`` for every item of ``dataset``, in dataset order.
+    """Model output ``g`` for every item of ``dataset``, in dataset order (see
+    :func:`predict_outputs`, which also returns the cancer logits)."""
+    return predict_outputs(
+        model, dataset, device=device, batch_size=batch_size, amp=amp, num_workers=num_workers
+    )[0]
+
+
+def predict_outputs(
+    model: nn.Module,
+    dataset: Dataset,
+    *,
+    device: str | torch.device,
+    batch_size: int = 8,
+    amp: bool = False,
+    num_workers: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Log hazards ``g`` and cancer logits for every item of ``dataset``, in dataset order.
 
     Args:
         model: on ``device``; put in eval mode for the call and restored afterwards.
@@ -302,8 +328,8 @@ def predict(
         num_workers: ``DataLoader`` workers.
 
     Returns:
-        ``(n,)`` float64 array of log hazards ``g``; ``1 / (1 + exp(-g))`` is the cancer
-        probability.
+        ``(g, cancer_logit)``, each ``(n,)`` float64; ``1 / (1 + exp(-cancer_logit))`` is the
+        cancer probability (equal to ``g`` with the two-task head).
     """
     device = torch.device(device)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -311,16 +337,19 @@ def predict(
     was_training = model.training
     model.eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    out = []
+    out: list[np.ndarray] = []
+    cancer: list[np.ndarray] = []
     try:
-        for raw in loader:
-            crops = torch.as_tensor(raw["crops"]).to(device)
-            present = torch.as_tensor(raw["present"]).to(device)
-            with _autocast(device, amp):
-                g = model(crops, present)
-            out.append(g.float().cpu().numpy())
+        with torch.no_grad():
+            for raw in loader:
+                crops = torch.as_tensor(raw["crops"]).to(device)
+                present = torch.as_tensor(raw["present"]).to(device)
+                with _autocast(device, amp):
+                    g, logit = _outputs(model, crops, present)
+                out.append(g.float().cpu().numpy())
+                cancer.append(logit.float().cpu().numpy())
     finally:
         model.train(was_training)
     if not out:
-        return np.zeros(0, dtype=np.float64)
-    return np.concatenate(out).astype(np.float64)
+        return np.zeros(0, dtype=np.float64), np.zeros(0, dtype=np.float64)
+    return np.concatenate(out).astype(np.float64), np.concatenate(cancer).astype(np.float64)

@@ -167,3 +167,79 @@ def test_snapshot_mean_averages_float_weights_and_keeps_dtypes() -> None:
     assert out["w"].dtype == torch.float32 and int(out["n"]) == 5 and mean.count == 2
     with pytest.raises(ValueError, match="same keys"):
         mean.add({"w": torch.zeros(2)})
+
+
+def test_noisy_or_head_is_the_leaky_noisy_or_of_per_nodule_probabilities() -> None:
+    """P = 1 - (1 - P_d) prod(1 - P_i) over present crops; no nodule: P = P_d; g unchanged."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(encoder="small", k=3, crop_size=16, cancer_head="noisy-or")
+    model = cfg.build_model().eval()
+    crops = torch.rand(3, 3, 1, 16, 16, 16)
+    present = torch.tensor([[True, True, False], [True, False, False], [False, False, False]])
+    with torch.no_grad():
+        g, logit = model.outputs(crops, present)
+        enc = model.encoder(crops[present])
+        p_i = torch.sigmoid(model.nodule_mlp(enc).squeeze(-1))
+        p_d = torch.sigmoid(model.leak_logit)
+    expected = torch.stack(
+        [
+            1 - (1 - p_d) * (1 - p_i[0]) * (1 - p_i[1]),
+            1 - (1 - p_d) * (1 - p_i[2]),
+            p_d,
+        ]
+    )
+    torch.testing.assert_close(torch.sigmoid(logit), expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(g, model(crops, present))
+    # what is in a blank crop cannot change a patient's cancer probability
+    other = crops.clone()
+    other[0, 2] = 1.0
+    with torch.no_grad():
+        torch.testing.assert_close(model.outputs(other, present)[1], logit)
+    # the two-task head gives g as the cancer logit
+    plain = ModelConfig(encoder="small", k=3, crop_size=16).build_model()
+    g2, logit2 = plain.outputs(crops, present)
+    assert logit2 is g2
+
+
+def test_noisy_or_head_trains_through_the_two_task_loss(tmp_path) -> None:
+    from survfed.common.survival.losses import two_task_loss
+
+    torch.manual_seed(1)
+    cfg = ModelConfig(encoder="small", k=2, crop_size=16, cancer_head="noisy-or")
+    model = cfg.build_model()
+    crops = torch.rand(6, 2, 1, 16, 16, 16)
+    present = torch.ones(6, 2, dtype=torch.bool)
+    g, logit = model.outputs(crops, present)
+    y = torch.tensor([1.0, 0.0, 1.0, float("nan"), 0.0, 1.0])
+    parts = two_task_loss(
+        g, torch.ones(6), torch.arange(1.0, 7.0), y, cancer_logit=logit, cox_weight=0.0
+    )
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(
+        logit[[0, 1, 2, 4, 5]], y[[0, 1, 2, 4, 5]]
+    )
+    torch.testing.assert_close(parts.bce, expected)
+    parts.total.backward()
+    assert model.leak_logit.grad is not None and model.nodule_mlp[0].weight.grad is not None
+    path = save_model(tmp_path / "m.pt", model, cfg)
+    loaded, loaded_cfg = load_model(path)
+    assert loaded_cfg.cancer_head == "noisy-or"
+    torch.testing.assert_close(loaded.leak_logit, model.leak_logit)
+
+
+def test_nnet_encoder_starts_from_a_trained_detector() -> None:
+    from survfed.common.detection.config import cpu_preset
+    from survfed.common.detection.nnet import build_nnet
+    from survfed.common.survival.encoders import load_detector_backbone
+
+    torch.manual_seed(2)
+    detector = build_nnet(cpu_preset()).state_dict()
+    model = ModelConfig(encoder="nnet-small", k=2, crop_size=32).build_model()
+    copied = load_detector_backbone(model.encoder, detector)
+    own = model.encoder.nnet.state_dict()
+    assert copied == len(own) > 10
+    for name, value in own.items():
+        torch.testing.assert_close(value, detector[name])
+    wide = ModelConfig(encoder="nnet", k=2, crop_size=32).build_model()
+    assert load_detector_backbone(wide.encoder, detector) == 0  # another width: nothing
+    with pytest.raises(ValueError, match="multiple of 16"):
+        ModelConfig(encoder="nnet-small", crop_size=24).build_model()
