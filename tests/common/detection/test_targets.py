@@ -11,7 +11,9 @@ from survfed.common.detection.config import DetectorConfig
 from survfed.common.detection.targets import IGNORE, NEGATIVE, POSITIVE, make_targets
 
 P = 32
-CFG = DetectorConfig(patch_size=P, nodule_margin_vox=4, spacing_mm=1.0, anchors_mm=(4, 12))
+CFG = DetectorConfig(
+    patch_size=P, nodule_margin_vox=4, spacing_mm=1.0, anchors_mm=(4, 12), min_diameter_mm=0.0
+)
 
 
 def _rng(seed=0):
@@ -91,3 +93,15 @@ def test_input_checks():
         make_targets(np.zeros((1, 3)), (P, P, P), CFG, _rng())
     with pytest.raises(TypeError, match="rng"):
         make_targets(np.zeros((0, 4)), (P, P, P), CFG, 0)
+
+
+def test_nodules_below_the_minimum_diameter_are_ignored_not_negative():
+    """Seed 003 trains on nodules >= 6 mm: a smaller one gets no positive, and the anchors it
+    overlaps are ignored rather than taught as background."""
+    cfg = CFG.replace(min_diameter_mm=6.0, positive_fallback=True)  # 1 mm grid: 5 voxels = 5 mm
+    small = np.array([[16.0, 16.0, 16.0, 5.0]])
+    labels = make_targets(small, (P, P, P), cfg, _rng())["labels"]
+    assert int((labels == POSITIVE).sum()) == 0
+    assert int((labels == IGNORE).sum()) > 0
+    big = np.array([[16.0, 16.0, 16.0, 8.0]])
+    assert int((make_targets(big, (P, P, P), cfg, _rng())["labels"] == POSITIVE).sum()) == 1

@@ -1,0 +1,139 @@
+"""Issue 6's comparison: federated vs pooled detector, and survival on detector proposals vs on
+annotations, on a held-out site of a fresh ``make-cohort`` cohort.
+
+Runs, with the survfed apps on Flower's simulation engine (``survfed simulate``; the same
+ServerApp and ClientApp as a real federation):
+
+1. federated detector rounds, then federated survival rounds on the crops the final detector
+   proposes (every patient, annotated or not);
+2. federated survival rounds on annotation crops (no detector);
+3. the pooled detector on the same scans (``survfed train-detector``, rounds x local epochs);
+
+and prints a markdown table: detection metrics on the held-out site (nodules >= 6 mm: CPM,
+top-5 recall; and the federated/pooled CPM ratio), and the held-out C-index of both survival
+models with the oracle's and the share of the annotation model's gap to 0.5 the proposal model
+closes.
+
+Usage::
+
+    python benchmarks/federated_detector.py --seed 41 --sites iowa:40,maastro:50,stanford:30 \\
+        --heldout 60 --detector-rounds 6 --detector-epochs 2 --out /tmp/fd
+
+Heavy on CPUs (about an hour on 2 cores with the defaults); every step reuses what an earlier
+run of the same ``--out`` left (cohort, preprocessing caches).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def _simulate(cohort: Path, out: Path, sets: dict[str, object]) -> dict:
+    cmd = [
+        sys.executable, "-m", "survfed.cli", "simulate", "--cohort", str(cohort),
+        "--heldout", "heldout", "--out", str(out), "--json",
+    ]  # fmt: skip
+    for key, value in sets.items():
+        cmd += ["--set", f"{key}={json.dumps(value)}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"survfed simulate failed:\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("/tmp/survfed-fd"))
+    parser.add_argument("--seed", type=int, default=41)
+    parser.add_argument("--sites", default="iowa:40,maastro:50,stanford:30")
+    parser.add_argument("--heldout", type=int, default=60)
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--local-epochs", type=int, default=3)
+    parser.add_argument("--detector-rounds", type=int, default=6)
+    parser.add_argument("--detector-epochs", type=int, default=2)
+    args = parser.parse_args(argv)
+
+    from survfed.common.config import DetectorTrainConfig
+    from survfed.common.detection.config import cpu_preset
+    from survfed.common.synth.cohort import make_cohort, parse_sites
+    from survfed.server.evaluate import evaluate_detector_run
+    from survfed.server.pooled_detector import train_pooled_detector
+
+    out = args.out.resolve()
+    cohort = out / "cohort"
+    sites = dict(parse_sites(args.sites))
+    if not (cohort / "_truth" / "cohort.json").is_file():
+        make_cohort(cohort, {**sites, "heldout": args.heldout}, seed=args.seed,
+                    preset=args.preset, progress=True)  # fmt: skip
+    common = {
+        "num-server-rounds": args.rounds,
+        "local-epochs": args.local_epochs,
+        "seed": args.seed,
+        "bootstrap-per-round": 0,
+        "bootstrap-final": 200,
+        "min-patients-for-metrics": 3,
+    }
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    with_detector = _simulate(
+        cohort,
+        out / "fed-detector",
+        {
+            **common,
+            "detector-rounds": args.detector_rounds,
+            "detector-local-epochs": args.detector_epochs,
+            "detector-preset": "cpu",
+            "detector-eval-every": args.detector_rounds,
+        },
+    )
+    timings["federated detector + proposal survival"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    annotations = _simulate(cohort, out / "fed-annotations", common)
+    timings["federated annotation survival"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    config = DetectorTrainConfig(
+        epochs=args.detector_rounds * args.detector_epochs, seed=args.seed, detector=cpu_preset()
+    )
+    train_pooled_detector(
+        [cohort / s for s in sites], out / "pooled-detector", config,
+        cache_dir=out / "pooled-cache", progress=False, overwrite=True,
+    )  # fmt: skip
+    pooled = evaluate_detector_run(
+        out / "pooled-detector", cohort / "heldout", cache_dir=out / "pooled-cache", progress=False
+    ).evaluation.to_dict()
+    timings["pooled detector"] = time.perf_counter() - t0
+
+    fed = with_detector["detector"]["evaluations"]["heldout"]
+    surv_det = with_detector["evaluations"]["heldout"]
+    surv_ann = annotations["evaluations"]["heldout"]
+    oracle = surv_ann.get("oracle_c_index")
+    gap_det, gap_ann = surv_det["c_index"] - 0.5, surv_ann["c_index"] - 0.5
+    print(f"\n### seed {args.seed}, {args.preset} preset, sites {args.sites}, held-out "
+          f"{args.heldout}\n")  # fmt: skip
+    print("| detector (held-out, nodules >= 6 mm) | CPM | top-5 recall | nodules |")
+    print("|---|---:|---:|---:|")
+    for name, d in (("federated", fed), ("pooled", pooled)):
+        print(f"| {name} | {d['cpm']:.3f} | {d['recall_top_k']:.3f} | {d['n_nodules']} |")
+    ratio = fed["cpm"] / pooled["cpm"] if pooled["cpm"] else float("nan")
+    print(f"\nfederated CPM / pooled CPM: {ratio:.2f}\n")
+    print("| federated survival model | held-out C-index | n |")
+    print("|---|---:|---:|")
+    print(f"| crops at the detector's proposals | {surv_det['c_index']:.3f} | {surv_det['n']} |")
+    print(f"| crops at the annotations | {surv_ann['c_index']:.3f} | {surv_ann['n']} |")
+    if oracle is not None:
+        print(f"| oracle (true log-hazard) | {oracle:.3f} | |")
+    share = gap_det / gap_ann if gap_ann > 0 else float("nan")
+    print(f"\nproposal model's gap to 0.5 / annotation model's: {share:.2f}\n")
+    for name, seconds in timings.items():
+        print(f"- {name}: {seconds:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
