@@ -69,6 +69,19 @@ def test_harrell_matches_sksurv_and_lifelines(veterans, whas500) -> None:
     assert harrell_c(whas500[1], whas500[2], whas500[3]) == pytest.approx(0.7577, abs=1e-3)
 
 
+def test_harrell_matches_sksurv_with_tied_scores_and_times_over_several_blocks() -> None:
+    """harrell_c is numpy (sites avoid importing scikit-learn): tied scores count 1/2, an
+    event ties with a censoring at the same time, and 1300 events span three row blocks."""
+    rng = np.random.default_rng(4)
+    n = 2000
+    g = np.round(rng.normal(size=n), 1)  # many tied scores
+    t = np.round(rng.exponential(500.0, n), -1)  # many tied times
+    e = rng.random(n) < 0.65
+    assert e.sum() > 1024
+    assert harrell_c(g, t, e) == pytest.approx(concordance_index_censored(e, t, g)[0], abs=1e-12)
+    assert harrell_c(g, t, np.zeros(n, bool)) is None
+
+
 def test_harrell_matches_analytic_value_for_exponential_model() -> None:
     # With exponential times and hazard ratio exp(Δg), the riskier patient dies first with
     # probability sigmoid(|Δg|); Δg ~ N(0, 2·sd²) gives C = E[sigmoid(|Δg|)].
