@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import pytest
+
+# Under pytest-xdist every worker (and every SuperNode/ClientApp process a test starts) would
+# otherwise run torch and BLAS with one thread per core, and N workers on N cores thrash: the
+# detector's learning test took 4x its single-process time. One thread each when parallel.
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(_var, "1")
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -10,10 +10,13 @@ They are kept in a file rather than in Flower's per-run node state because
 * node state travels between the SuperNode and the ClientApp process with every message
   (twice the model's size, each way), a file does not.
 
-File: ``<cache-dir>/optimizer-state/<sha256(run-dir)[:16]>.npz`` holding the arrays of
-:func:`survfed.client.local_training.optimizer_arrays` plus ``__round__``; written atomically.
-A state is used only for a later round than the one that wrote it (a fresh run in a reused
-run folder starts at round 1 and ignores it).
+Files: ``<cache-dir>/optimizer-state/<sha256(kind, run-dir)[:16]>.r<round>.npz``, one per
+round, holding the arrays of :func:`survfed.client.local_training.optimizer_arrays`; written
+atomically. Round ``r`` uses the newest state of a round before ``r`` (a fresh run in a reused
+run folder starts at round 1 and ignores them all). The last :data:`KEEP` rounds are kept, not
+only the last: a site may still finish round ``r`` of a coordinator that was killed during
+round ``r``, and the resumed run then trains round ``r`` again and needs round ``r − 1``'s
+moments.
 """
 
 from __future__ import annotations
@@ -25,9 +28,9 @@ import numpy as np
 
 from survfed.common.cache_files import write_npz_atomic
 
-__all__ = ["OptimizerStore"]
+__all__ = ["KEEP", "OptimizerStore"]
 
-_ROUND_KEY = "__round__"
+KEEP = 2  # rounds of moments kept per run and model
 
 
 class OptimizerStore:
@@ -42,22 +45,37 @@ class OptimizerStore:
     def __init__(self, cache_dir: str | Path, run_key: str, kind: str = "survival") -> None:
         if not run_key:
             raise ValueError("run_key must be a non-empty string (the run folder)")
-        digest = hashlib.sha256(f"{kind}\0{run_key}".encode()).hexdigest()[:16]
-        self.path = Path(cache_dir) / "optimizer-state" / f"{digest}.npz"
+        self.folder = Path(cache_dir) / "optimizer-state"
+        self._stem = hashlib.sha256(f"{kind}\0{run_key}".encode()).hexdigest()[:16]
+
+    def path(self, server_round: int) -> Path:
+        """The file holding the state after ``server_round``."""
+        return self.folder / f"{self._stem}.r{int(server_round)}.npz"
+
+    def saved_rounds(self) -> list[int]:
+        """Rounds with a saved state, ascending."""
+        rounds = []
+        for f in self.folder.glob(f"{self._stem}.r*.npz"):
+            tag = f.name[len(self._stem) + 2 : -len(".npz")]
+            if tag.isdigit():
+                rounds.append(int(tag))
+        return sorted(rounds)
 
     def load(self, server_round: int) -> dict[str, np.ndarray] | None:
-        """The state saved by an earlier round than ``server_round``, or ``None``."""
-        try:
-            with np.load(self.path, allow_pickle=False) as data:
-                arrays = {k: data[k] for k in data.files}
-        except (OSError, ValueError, EOFError):
-            return None  # none yet, or damaged: the moments simply start afresh
-        saved = arrays.pop(_ROUND_KEY, None)
-        if saved is None or int(saved) >= server_round:
+        """The newest state saved by a round before ``server_round``, or ``None``."""
+        earlier = [r for r in self.saved_rounds() if r < server_round]
+        if not earlier:
             return None
-        return arrays
+        try:
+            with np.load(self.path(earlier[-1]), allow_pickle=False) as data:
+                return {k: data[k] for k in data.files}
+        except (OSError, ValueError, EOFError):
+            return None  # damaged: the moments simply start afresh
 
     def save(self, server_round: int, arrays: dict[str, np.ndarray]) -> None:
-        """Keep ``arrays`` as the state after ``server_round``."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        write_npz_atomic(self.path, **arrays, **{_ROUND_KEY: np.asarray(server_round)})
+        """Keep ``arrays`` as the state after ``server_round``; drop all but the last
+        :data:`KEEP` rounds."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        write_npz_atomic(self.path(server_round), **arrays)
+        for r in self.saved_rounds()[:-KEEP]:
+            self.path(r).unlink(missing_ok=True)
