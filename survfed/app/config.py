@@ -39,7 +39,7 @@ Run config keys (all optional except ``run-dir``)::
     detector-preset = "paper"     # "paper" (1 mm, 128^3 patches, width 24) or "cpu" (small)
     detector-width = 0  detector-patch-size = 0  detector-spacing-mm = 0.0
     detector-tile-size = 0        # 0 = the preset's value
-    detector-local-epochs = 1  detector-batch-size = 2  detector-lr = 0.001
+    detector-local-epochs = 1  detector-batch-size = 2  detector-lr = 0.002
     detector-samples-per-epoch = 0   # patches per site and epoch (0 = every nodule ~once)
     sim-cohort = ""               # simulation only: the cohort folder of the virtual sites
     sim-sites = ""                # simulation only: comma-separated site folders of sim-cohort
@@ -311,7 +311,7 @@ class FederationConfig:
             {
                 "epochs": _int(data, "detector-local-epochs", 1, 1),
                 "batch_size": _int(data, "detector-batch-size", 2, 1),
-                "lr": _float(data, "detector-lr", 1e-3),
+                "lr": _float(data, "detector-lr", DetectorTrainConfig.lr),
                 "samples_per_epoch": samples or None,
                 "seed": train.seed,
                 "device": train.device,

@@ -9,6 +9,7 @@ def register_all(sub: argparse._SubParsersAction) -> None:
     """Add every available sub-command to ``sub``."""
     from survfed.commands import (
         demo,
+        detect,
         inspect_site,
         make_cohort,
         preprocess,
@@ -17,6 +18,15 @@ def register_all(sub: argparse._SubParsersAction) -> None:
         train_pooled,
     )
 
-    modules = (make_cohort, inspect_site, preprocess, train_pooled, train_detector, simulate, demo)
+    modules = (
+        make_cohort,
+        inspect_site,
+        preprocess,
+        train_pooled,
+        train_detector,
+        detect,
+        simulate,
+        demo,
+    )
     for module in modules:
         module.register(sub)

@@ -35,8 +35,8 @@ DEFAULT_TRAIN_SITES = (("iowa", 40), ("maastro", 50), ("stanford", 30), ("leiden
 HELDOUT = "heldout"
 DEFAULT_ROUNDS = 10
 DEFAULT_LOCAL_EPOCHS = 3
-DEFAULT_DETECTOR_ROUNDS = 4
-DEFAULT_DETECTOR_EPOCHS = 2
+DEFAULT_DETECTOR_ROUNDS = 10
+DEFAULT_DETECTOR_EPOCHS = 3
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -302,6 +302,11 @@ def run(args: argparse.Namespace) -> int:
                 "detector-preset": "cpu",
                 "detector-eval-every": args.detector_rounds,
                 "crop-source": "detector",
+                # seed 003's classifier: the detector's backbone on crops of its own grid,
+                # started from the federated detector (the small 1 mm encoder stayed at chance)
+                "encoder": "nnet-small",
+                "spacing-mm": 2.5,
+                "crop-size": 32,
             }
         )
     t0 = time.perf_counter()

@@ -58,6 +58,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+def default_cache(site_dir: Path) -> Path:
+    """``./survfed-cache/<site folder name>``: the cache survfed-client uses by default."""
+    return _DEFAULT_CACHE / site_dir.resolve().name
+
+
 def _fail(message: str) -> int:
     print(f"survfed preprocess: {message}", file=sys.stderr)
     return 2
@@ -69,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     from survfed.common.imaging.preprocess import PreprocessConfig, resolve_device
 
     site_dir: Path = args.site_dir
-    cache = args.cache if args.cache is not None else _DEFAULT_CACHE / site_dir.resolve().name
+    cache = args.cache if args.cache is not None else default_cache(site_dir)
     if args.clear_cache:
         removed = clear_cache(cache)
         print(f"removed {removed} file(s) of the preprocessed cache in {cache}")

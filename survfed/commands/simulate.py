@@ -62,7 +62,10 @@ def _overrides(pairs: list[str]) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from survfed.server.federation import install_stop_signals
     from survfed.server.simulation import SimulationSettings, run_simulation
+
+    install_stop_signals()  # SIGTERM stops the SuperLink, the simulation and its Ray workers
 
     def log(message: str) -> None:
         print(message, file=sys.stderr if args.json else sys.stdout, flush=True)

@@ -193,7 +193,7 @@ class DetectorTrainConfig(Schedule):
 
     epochs: int = 1
     batch_size: int = 2
-    lr: float = 1e-3
+    lr: float = 2e-3  # 1e-3 left a 10-round federation of the CPU preset at chance (CPM 0.007)
     lr_final_factor: float = 0.1
     weight_decay: float = 1e-4
     average_last: float = 0.3

@@ -2,7 +2,10 @@
 
 Used for ``flower-superlink`` and ``flower-supernode``: both spawn grandchildren
 (SuperExec, ServerApp/ClientApp processes), so stopping signals the whole process group:
-SIGTERM first (Flower's handlers shut down gracefully), SIGKILL after a grace period.
+SIGTERM first (Flower's handlers shut down gracefully), SIGKILL after a grace period. Some
+grandchildren leave the group (Flower starts SuperExec in a session of its own, and Ray's agents
+under a simulation outlive their raylet), so :meth:`ManagedProcess.stop` also remembers every
+descendant before signalling and stops those that are still there afterwards (Linux ``/proc``).
 """
 
 from __future__ import annotations
@@ -30,6 +33,58 @@ def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     if extra:
         env.update(extra)
     return env
+
+
+def _proc_stat(pid: int) -> tuple[int, str, int] | None:
+    """``(parent pid, state, start time in clock ticks)`` of ``pid`` from ``/proc``, or
+    ``None`` when it is gone (or there is no ``/proc``)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rfind(")") + 2 :].split()  # the name may hold spaces and parentheses
+    return int(fields[1]), fields[0], int(fields[19])
+
+
+def descendants(pid: int) -> list[tuple[int, int]]:
+    """Every live descendant of ``pid`` as ``(pid, start time)``; empty without ``/proc``.
+
+    The start time tells a descendant from a later process that got its recycled pid.
+    """
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return []
+    children: dict[int, list[tuple[int, int]]] = {}
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        stat = _proc_stat(int(entry.name))
+        if stat is not None and stat[1] != "Z":
+            children.setdefault(stat[0], []).append((int(entry.name), stat[2]))
+    out: list[tuple[int, int]] = []
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child[0])
+    return out
+
+
+def _still_there(processes: Sequence[tuple[int, int]]) -> list[int]:
+    alive = []
+    for pid, started in processes:
+        stat = _proc_stat(pid)
+        if stat is not None and stat[1] != "Z" and stat[2] == started:
+            alive.append(pid)
+    return alive
+
+
+def _signal_each(pids: Sequence[int], sig: signal.Signals) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 class ManagedProcess:
@@ -112,21 +167,25 @@ class ManagedProcess:
         return True
 
     def stop(self, grace_s: float = 10.0) -> int | None:
-        """SIGTERM the process group, SIGKILL what is left after ``grace_s`` seconds.
+        """SIGTERM the process group and every descendant that left it, SIGKILL what is left
+        after ``grace_s`` seconds.
 
         Returns the main process's exit status (``None`` if it was never started).
         """
         if self.proc is None:
             return None
+        tree = descendants(self.proc.pid)
         self._signal_group(signal.SIGTERM)
+        _signal_each(_still_there(tree), signal.SIGTERM)  # those that left the group too
         deadline = time.monotonic() + grace_s
         while time.monotonic() < deadline:
             self.proc.poll()
-            if not self._group_alive():
+            if not self._group_alive() and not _still_there(tree):
                 break
             time.sleep(0.1)
         if self._group_alive():
             self._signal_group(signal.SIGKILL)
+        _signal_each(_still_there(tree), signal.SIGKILL)
         try:
             return self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
