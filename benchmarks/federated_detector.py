@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         "bootstrap-final": 200,
         "min-patients-for-metrics": 3,
     }
+    nnet_crops = args.proposal_encoder.startswith("nnet")  # crops on the detector's grid
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     with_detector = _simulate(
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             "detector-eval-every": args.detector_rounds,
             "detector-lr": args.detector_lr,
             "encoder": args.proposal_encoder,
-            "spacing-mm": 2.5 if args.proposal_encoder.startswith("nnet") else 1.0,
+            "spacing-mm": cpu_preset().spacing_mm if nnet_crops else 1.0,
             "crop-size": 32,
         },
     )

@@ -32,7 +32,7 @@ from survfed.client.detection_data import prepare_scans
 from survfed.client.local_detection import site_proposals
 from survfed.client.preprocess_cache import SitePreprocessResult
 from survfed.common.config import DetectorTrainConfig, resolve_device
-from survfed.common.detection.metrics import detection_metrics
+from survfed.common.run_folder import find_detector
 
 if TYPE_CHECKING:
     from survfed.server.detector_eval import DetectorEvaluation
@@ -59,9 +59,9 @@ def resolve_detector_file(path: str | os.PathLike[str]) -> Path:
     p = Path(path)
     if p.is_file():
         return p
-    for candidate in (p / "detector.pt", p / "detector" / "detector.pt"):
-        if candidate.is_file():
-            return candidate
+    found = find_detector(p)
+    if found is not None:
+        return found
     raise FileNotFoundError(
         f"detector: {p} is neither a detector file nor a run folder with detector.pt or "
         "detector/detector.pt"
@@ -124,7 +124,7 @@ def detect_site(
     import torch
 
     from survfed.common.detection.train import load_detector
-    from survfed.server.detector_eval import MIN_DIAMETER_MM, DetectorEvaluation
+    from survfed.server.detector_eval import MIN_DIAMETER_MM, score_proposals
 
     if top is not None and top < 1:
         raise ValueError(f"top must be at least 1, got {top}")
@@ -152,14 +152,12 @@ def detect_site(
     }
     annotated = [r for r in records if r.annotated and r.patient_id in proposals]
     evaluation = None
-    if annotated:
-        props = [proposals[r.patient_id] for r in annotated]
-        nodules = [r.nodules_mm for r in annotated]
-        evaluation = DetectorEvaluation(
-            cohort=site.name,
-            metrics=detection_metrics(props, nodules, min_diameter=MIN_DIAMETER_MM),
-            metrics_all=detection_metrics(props, nodules),
-            n_scans=len(annotated),
+    if annotated:  # in patient mm: the hit rule is geometric, any consistent unit will do
+        evaluation = score_proposals(
+            site.name,
+            [proposals[r.patient_id] for r in annotated],
+            [r.nodules_mm for r in annotated],
+            min_diameter=MIN_DIAMETER_MM,
         )
     if top is not None:
         proposals = {pid: p[:top] for pid, p in proposals.items()}

@@ -295,6 +295,8 @@ def run(args: argparse.Namespace) -> int:
         "bootstrap-final": 200,
     }
     if args.detector:
+        from survfed.common.detection.config import cpu_preset
+
         run_config.update(
             {
                 "detector-rounds": args.detector_rounds,
@@ -305,7 +307,7 @@ def run(args: argparse.Namespace) -> int:
                 # seed 003's classifier: the detector's backbone on crops of its own grid,
                 # started from the federated detector (the small 1 mm encoder stayed at chance)
                 "encoder": "nnet-small",
-                "spacing-mm": 2.5,
+                "spacing-mm": cpu_preset().spacing_mm,
                 "crop-size": 32,
             }
         )

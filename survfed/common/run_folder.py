@@ -28,6 +28,15 @@ from survfed.common.survival.baseline import BaselineHazard
 __all__ = ["RunFolder"]
 
 
+def find_detector(run_dir: str | os.PathLike[str]) -> Path | None:
+    """The run's detector file: ``detector.pt`` (pooled) or ``detector/detector.pt`` (a
+    federation with detector rounds); ``None`` when it has neither."""
+    for candidate in (Path(run_dir) / "detector.pt", Path(run_dir) / "detector" / "detector.pt"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 def _atomic_write_text(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:

@@ -45,6 +45,7 @@ __all__ = [
     "evaluate_detector",
     "load_held_out_scans",
     "proposal_centres",
+    "score_proposals",
     "write_detector_report",
 ]
 
@@ -156,14 +157,27 @@ def evaluate_detector(
                 )
                 for s in scans
             ]
-            nodules = [s.nodules for s in scans]
-            out[cohort.name] = DetectorEvaluation(
-                cohort=cohort.name,
-                metrics=detection_metrics(props, nodules, min_diameter=MIN_DIAMETER_MM / spacing),
-                metrics_all=detection_metrics(props, nodules),
-                n_scans=len(scans),
+            out[cohort.name] = score_proposals(
+                cohort.name, props, [s.nodules for s in scans], MIN_DIAMETER_MM / spacing
             )
     return out
+
+
+def score_proposals(
+    cohort: str,
+    proposals: Sequence[np.ndarray],
+    nodules: Sequence[np.ndarray],
+    min_diameter: float,
+) -> DetectorEvaluation:
+    """The headline metrics (nodules of at least ``min_diameter``) and those over every nodule,
+    of one cohort's proposals ``(n, 5)`` and nodules ``(m, 4)`` per scan, in one unit (voxels
+    or mm; ``min_diameter`` in the same)."""
+    return DetectorEvaluation(
+        cohort=cohort,
+        metrics=detection_metrics(proposals, nodules, min_diameter=min_diameter),
+        metrics_all=detection_metrics(proposals, nodules),
+        n_scans=len(proposals),
+    )
 
 
 def proposal_centres(

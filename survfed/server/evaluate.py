@@ -20,7 +20,7 @@ from pathlib import Path
 
 from survfed.client.crop_cache import ANNOTATIONS
 from survfed.common.config import resolve_device
-from survfed.common.run_folder import RunFolder
+from survfed.common.run_folder import RunFolder, find_detector
 from survfed.common.survival.evaluation import EvaluationResult
 from survfed.common.survival.model import load_model
 from survfed.server.central_eval import load_held_out, score_cohort, write_cohort_report
@@ -33,14 +33,6 @@ __all__ = [
     "evaluate_run",
     "find_detector",
 ]
-
-
-def find_detector(run_dir: str | Path) -> Path | None:
-    """The run's detector file: ``detector.pt`` (pooled) or ``detector/detector.pt``."""
-    for candidate in (Path(run_dir) / "detector.pt", Path(run_dir) / "detector" / "detector.pt"):
-        if candidate.is_file():
-            return candidate
-    return None
 
 
 @dataclass(frozen=True)

@@ -72,7 +72,7 @@ def test_metrics_in_mm_equal_the_coordinators_in_voxels(detected, tiny_cohort: P
     path, cache, result = detected
     assert result.evaluation is not None and result.n_annotated > 0
     config = DetectorTrainConfig(detector=DETECTOR, device="cpu")
-    records = [r for r in _records(result, cache)]
+    records = _records(result, cache)
     cohort = HeldOutScans("stanford", tiny_cohort / "stanford", records, load_scans(records))
     model = build_nnet(DETECTOR)
     model.load_state_dict(torch.load(path, weights_only=True)["state_dict"])

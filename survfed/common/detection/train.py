@@ -36,6 +36,7 @@ from survfed.common.detection.nnet import NNet, build_nnet
 from survfed.common.detection.sampling import PatchSampler
 from survfed.common.detection.scan import DetectionScan
 from survfed.common.survival.train import GlobalParams, _global_tensors, proximal_term
+from survfed.common.torch_files import load_payload
 
 __all__ = ["load_detector", "save_detector", "train_detector", "train_detector_epoch"]
 
@@ -312,9 +313,7 @@ def load_detector(
 ) -> tuple[NNet, DetectorConfig]:
     """Read a file written by :func:`save_detector`; returns ``(model in eval mode, config)``."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"path: no detector file at {path}")
-    payload = torch.load(path, map_location=map_location, weights_only=True)
+    payload = load_payload(path, what="N-Net detector", map_location=map_location)
     if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
         raise ValueError(f"path: {path} is not a survfed N-Net detector file")
     if payload.get("format_version") != _FORMAT_VERSION:

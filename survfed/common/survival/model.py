@@ -41,6 +41,7 @@ from torch import nn
 
 from survfed.common.detection.noisy_or import noisy_or_log_complement
 from survfed.common.survival.encoders import ENCODER_NAMES, build_encoder
+from survfed.common.torch_files import load_payload
 
 __all__ = ["CANCER_HEADS", "CropSurvivalModel", "ModelConfig", "load_model", "save_model"]
 
@@ -302,9 +303,7 @@ def load_model(
 ) -> tuple[CropSurvivalModel, ModelConfig]:
     """Read a file written by :func:`save_model`; returns ``(model in eval mode, config)``."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"path: no model file at {path}")
-    payload = torch.load(path, map_location=map_location, weights_only=True)
+    payload = load_payload(path, what="crop-survival model", map_location=map_location)
     if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
         raise ValueError(f"path: {path} is not a survfed crop-survival model file")
     if payload.get("format_version") != _FORMAT_VERSION:
