@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +37,7 @@ from survfed.client.clinical import (
     read_clinical,
     read_nodules,
 )
+from survfed.client.header_cache import read_headers
 from survfed.common.imaging.dicom_read import (
     DicomHeader,
     DicomReadError,
@@ -45,7 +45,6 @@ from survfed.common.imaging.dicom_read import (
     SeriesPlan,
     load_series,
     plan_series,
-    read_header,
 )
 from survfed.common.imaging.volume import Volume
 
@@ -227,14 +226,6 @@ def _walk(root: Path) -> list[Path]:
     return found
 
 
-def _progress(items: list[Path], enabled: bool, desc: str) -> Iterable[Path]:
-    if not enabled:
-        return items
-    from tqdm import tqdm
-
-    return tqdm(items, desc=desc, unit="file", disable=None)
-
-
 def _series_folder(site_dir: Path, headers: list[DicomHeader]) -> str:
     folder = os.path.commonpath([str(h.path.parent) for h in headers])
     return _relative(site_dir, folder)
@@ -265,14 +256,33 @@ class _Candidate:
 
 
 def _scan(
-    site_dir: Path, files: list[Path], progress: bool, problems: list[Problem]
+    site_dir: Path,
+    files: list[Path],
+    progress: bool,
+    problems: list[Problem],
+    header_cache: Path | None,
 ) -> dict[str, list[DicomHeader]]:
+    bar = None
+    if progress and files:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(files), desc="scanning DICOM headers", unit="file", disable=None)
+    try:
+        results = read_headers(
+            files,
+            cache=header_cache,
+            on_file=(lambda: bar.update(1)) if bar else None,
+            warn=lambda message: problems.append(
+                Problem(None, str(header_cache), message, "warning")
+            ),
+        )
+    finally:
+        if bar is not None:
+            bar.close()
     by_series: dict[str, list[DicomHeader]] = defaultdict(list)
-    for path in _progress(files, progress, "scanning DICOM headers"):
-        try:
-            header = read_header(path)
-        except DicomReadError as exc:
-            problems.append(Problem(None, _relative(site_dir, path), exc.reason))
+    for path, header in zip(files, results, strict=True):
+        if isinstance(header, DicomReadError):
+            problems.append(Problem(None, _relative(site_dir, path), header.reason))
             continue
         if not header.series_instance_uid:
             problems.append(
@@ -366,12 +376,17 @@ def _summary(candidate: _Candidate, patient_id: str, modality: str, status: str)
     )
 
 
-def catalogue_site(site_dir: Path, *, progress: bool = False) -> SiteCatalogue:
+def catalogue_site(
+    site_dir: Path, *, progress: bool = False, header_cache: Path | None = None
+) -> SiteCatalogue:
     """Scan a site folder and build its catalogue.
 
     Args:
         site_dir: folder with ``clinical.csv``, ``dicom/`` and optionally ``nodules.csv``.
         progress: show a progress bar while scanning files.
+        header_cache: the DICOM header cache to use and update (``<site cache>/``
+            :data:`~survfed.client.header_cache.CACHE_FILE`), so that unchanged files are not
+            read again; ``None`` reads every header.
 
     Returns:
         The :class:`SiteCatalogue`.
@@ -402,7 +417,7 @@ def catalogue_site(site_dir: Path, *, progress: bool = False) -> SiteCatalogue:
             problems.append(Problem(None, "dicom", "dicom/ folder holds no files"))
     else:
         problems.append(Problem(None, "dicom", "dicom/ folder not found; no images"))
-    by_series = _scan(site_dir, files, progress, problems)
+    by_series = _scan(site_dir, files, progress, problems, header_cache)
 
     series: list[SeriesSummary] = []
     candidates: dict[str, list[_Candidate]] = defaultdict(list)

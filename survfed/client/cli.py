@@ -111,9 +111,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"survfed-client: site {args.site}: {problem}", file=sys.stderr)
         return 2
     from survfed.client.catalogue import catalogue_site
+    from survfed.client.header_cache import CACHE_FILE
 
+    headers = (args.cache or Path("survfed-cache")).resolve() / args.site / CACHE_FILE
     try:
-        catalogue = catalogue_site(args.data, progress=not args.json)
+        catalogue = catalogue_site(args.data, progress=not args.json, header_cache=headers)
         report = inspect_site(args.data, catalogue=catalogue)
     except NotASiteError as exc:
         print(f"survfed-client: site {args.site}: {exc}", file=sys.stderr)

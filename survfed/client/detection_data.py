@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from survfed.client.catalogue import SiteCatalogue, catalogue_site
+from survfed.client.header_cache import CACHE_FILE
 from survfed.client.preprocess_cache import SitePreprocessResult, preprocess_site
 from survfed.common.detection.scan import DetectionScan
 from survfed.common.imaging.preprocess import PreprocessConfig, PreprocessedScan, ScanFileError
@@ -225,7 +226,9 @@ def prepare_scans(
         ValueError: no patient could be preprocessed (the message names the site folder).
     """
     if catalogue is None:
-        catalogue = catalogue_site(Path(data_dir), progress=progress)
+        catalogue = catalogue_site(
+            Path(data_dir), progress=progress, header_cache=Path(cache_dir) / CACHE_FILE
+        )
     result = preprocess_site(
         catalogue, cache_dir, config, device=device, workers=workers, progress=progress,
         notify=notify,

@@ -10,6 +10,7 @@ import numpy as np
 
 from survfed.client.catalogue import SiteCatalogue, catalogue_site
 from survfed.client.crop_cache import ANNOTATIONS, CropDataset, build_crop_cache
+from survfed.client.header_cache import CACHE_FILE
 from survfed.common.survival.model import ModelConfig
 
 __all__ = ["SiteData", "load_site_data"]
@@ -73,7 +74,9 @@ def load_site_data(
     site_dir = Path(site_dir)
     name = name or site_dir.name
     if catalogue is None:
-        catalogue = catalogue_site(site_dir, progress=progress)
+        catalogue = catalogue_site(
+            site_dir, progress=progress, header_cache=Path(cache_dir) / CACHE_FILE
+        )
     if not catalogue.usable_patients:
         raise ValueError(
             f"site {name}: no usable patient in {site_dir} (run `survfed inspect {site_dir}`)"

@@ -124,7 +124,7 @@ def detect_site(
     import torch
 
     from survfed.common.detection.train import load_detector
-    from survfed.server.detector_eval import MIN_DIAMETER_MM, score_proposals
+    from survfed.server.detector_eval import score_proposals
 
     if top is not None and top < 1:
         raise ValueError(f"top must be at least 1, got {top}")
@@ -157,7 +157,7 @@ def detect_site(
             site.name,
             [proposals[r.patient_id] for r in annotated],
             [r.nodules_mm for r in annotated],
-            min_diameter=MIN_DIAMETER_MM,
+            mm_per_unit=1.0,
         )
     if top is not None:
         proposals = {pid: p[:top] for pid, p in proposals.items()}

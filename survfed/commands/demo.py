@@ -194,6 +194,16 @@ def format_table(result: dict[str, Any]) -> str:
                 f"{name:<10} CPM {d['cpm']:.3f}  top-5 recall {d['recall_top_k']:.3f}  "
                 f"({d['n_nodules']} nodules in {d['n_scans']} scans)"
             )
+        for name in ("federated", "pooled"):
+            bins = det[name].get("by_size_mm") or []
+            cells = [
+                f"{b['low']:g}-{b['high']:g} {b['top_k']}/{b['n']}"
+                if b["high"] is not None
+                else f">={b['low']:g} {b['top_k']}/{b['n']}"
+                for b in bins
+            ]
+            if cells:
+                lines.append(f"{name:<10} top-5 hits by size (mm): " + ", ".join(cells))
         lines.append(
             f"federated CPM / pooled CPM: {100 * det['cpm_ratio']:.0f}%; "
             f"{det['rounds']} rounds x {det['local_epochs']} local epochs; survival crops "

@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     from survfed.client.catalogue import NotASiteError
     from survfed.client.site_detection import detect_site, write_proposals_csv
     from survfed.commands.preprocess import default_cache
-    from survfed.server.detector_eval import write_detector_report
+    from survfed.server.detector_eval import size_line, write_detector_report
 
     site_dir: Path = args.site_dir
     if not site_dir.is_dir():
@@ -118,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
             f"{every.cpm:.3f}, top-{every.k} recall {every.recall_top_k:.3f} "
             f"({every.n_nodules} nodules)"
         )
+        print(size_line(result.evaluation))
         if report is not None:
             print(f"report in {report}")
     else:

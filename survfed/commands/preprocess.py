@@ -70,6 +70,7 @@ def _fail(message: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from survfed.client.catalogue import NotASiteError, catalogue_site
+    from survfed.client.header_cache import CACHE_FILE
     from survfed.client.preprocess_cache import clear_cache, preprocess_site
     from survfed.common.imaging.preprocess import PreprocessConfig, resolve_device
 
@@ -93,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         return _fail(f"{site_dir} is not a site: no such folder")
     quiet = args.quiet or args.json
     try:
-        catalogue = catalogue_site(site_dir, progress=not quiet)
+        catalogue = catalogue_site(site_dir, progress=not quiet, header_cache=cache / CACHE_FILE)
     except NotASiteError as exc:
         return _fail(str(exc))
     if not catalogue.usable_patients:

@@ -22,11 +22,11 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         help="evaluate a trained model (survival and/or detector) on a held-out cohort",
         description=(
             "Survival model (model.pt): Harrell's and Uno's C-index, cancer AUC, "
-            "time-dependent AUC, integrated Brier score, each with a bootstrap 95%% interval, "
+            "time-dependent AUC, integrated Brier score, each with a bootstrap 95% interval, "
             "plus the oracle C-index when the cohort's _truth/ is present. Nodule detector "
             "(detector.pt or detector/detector.pt): FROC sensitivities at 1/8..8 false "
-            "positives per scan, CPM and top-5 recall on nodules >= 6 mm. Writes report "
-            "folders with plots."
+            "positives per scan, CPM and top-5 recall on nodules >= 6 mm, and hits by nodule "
+            "size. Writes report folders with plots."
         ),
     )
     parser.add_argument(
@@ -44,6 +44,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 def _run_evaluate(args: argparse.Namespace) -> int:
     from survfed.client.catalogue import NotASiteError
+    from survfed.server.detector_eval import size_line
     from survfed.server.evaluate import evaluate_detector_run, evaluate_run, find_detector
 
     survival = (args.model / "model.pt").is_file()
@@ -91,6 +92,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
             f"{m.recall_top_k:.3f} ({m.n_nodules} nodules >= 6 mm in {det.evaluation.n_scans} "
             f"scans); report {det.report_dir}/report.md"
         )
+        print(size_line(det.evaluation))
     if survival:
         print(evaluation.result.format_text())
         print(f"report: {evaluation.report_dir}/report.md")

@@ -34,23 +34,35 @@ from survfed.client.detection_data import (
 )
 from survfed.common.config import DetectorTrainConfig
 from survfed.common.detection.inference import detect
-from survfed.common.detection.metrics import DetectionMetrics, detection_metrics
+from survfed.common.detection.metrics import (
+    DetectionMetrics,
+    SizeBin,
+    detection_metrics,
+    recall_by_size,
+)
 from survfed.common.detection.nnet import NNet
 from survfed.common.imaging.preprocess import PreprocessedScan
 
 __all__ = [
     "MIN_DIAMETER_MM",
+    "SIZE_BINS_MM",
     "DetectorEvaluation",
     "HeldOutScans",
     "evaluate_detector",
     "load_held_out_scans",
     "proposal_centres",
     "score_proposals",
+    "size_line",
+    "size_table",
     "write_detector_report",
 ]
 
 MIN_DIAMETER_MM = 6.0
 """Nodules below this diameter are not scored in the headline metrics (seed 003 §VI-A)."""
+
+SIZE_BINS_MM: tuple[float, ...] = (0.0, 6.0, 8.0, 12.0, 20.0, 30.0)
+"""Lower edges (mm) of the nodule-diameter bins of the by-size recall table: under 6 mm (not
+scored in the headline), 6–8 (Lung-RADS' solid-nodule step), 8–12, 12–20, 20–30, 30 and more."""
 
 
 @dataclass(frozen=True)
@@ -107,12 +119,14 @@ class DetectorEvaluation:
         metrics: on nodules >= :data:`MIN_DIAMETER_MM` (the headline).
         metrics_all: on every annotated nodule.
         n_scans: annotated scans scored.
+        by_size: hits per diameter bin of :data:`SIZE_BINS_MM` (bounds in mm).
     """
 
     cohort: str
     metrics: DetectionMetrics
     metrics_all: DetectionMetrics
     n_scans: int
+    by_size: tuple[SizeBin, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able: ``cpm``, ``recall_top5``, ``sens@<rate>``... and ``all_nodules``."""
@@ -121,6 +135,7 @@ class DetectorEvaluation:
             "min_diameter_mm": MIN_DIAMETER_MM,
             **_clean(self.metrics.to_dict()),
             "all_nodules": _clean(self.metrics_all.to_dict()),
+            "by_size_mm": [b.to_dict() for b in self.by_size],
         }
 
 
@@ -158,7 +173,7 @@ def evaluate_detector(
                 for s in scans
             ]
             out[cohort.name] = score_proposals(
-                cohort.name, props, [s.nodules for s in scans], MIN_DIAMETER_MM / spacing
+                cohort.name, props, [s.nodules for s in scans], mm_per_unit=spacing
             )
     return out
 
@@ -167,16 +182,26 @@ def score_proposals(
     cohort: str,
     proposals: Sequence[np.ndarray],
     nodules: Sequence[np.ndarray],
-    min_diameter: float,
+    *,
+    mm_per_unit: float,
 ) -> DetectorEvaluation:
-    """The headline metrics (nodules of at least ``min_diameter``) and those over every nodule,
-    of one cohort's proposals ``(n, 5)`` and nodules ``(m, 4)`` per scan, in one unit (voxels
-    or mm; ``min_diameter`` in the same)."""
+    """The headline metrics (nodules of at least :data:`MIN_DIAMETER_MM`), those over every
+    nodule and the by-size hits, of one cohort's proposals ``(n, 5)`` and nodules ``(m, 4)``
+    per scan, in one unit of ``mm_per_unit`` mm (voxels of the grid: its spacing; patient
+    mm: 1)."""
+    if not (np.isfinite(mm_per_unit) and mm_per_unit > 0):
+        raise ValueError(f"mm_per_unit must be a positive number, got {mm_per_unit!r}")
+    edges = [e / mm_per_unit for e in SIZE_BINS_MM]
+    bins = recall_by_size(proposals, nodules, edges)
     return DetectorEvaluation(
         cohort=cohort,
-        metrics=detection_metrics(proposals, nodules, min_diameter=min_diameter),
+        metrics=detection_metrics(proposals, nodules, min_diameter=MIN_DIAMETER_MM / mm_per_unit),
         metrics_all=detection_metrics(proposals, nodules),
         n_scans=len(proposals),
+        by_size=tuple(
+            SizeBin(lo, hi, b.n, b.top_k, b.any)
+            for lo, hi, b in zip(SIZE_BINS_MM, (*SIZE_BINS_MM[1:], np.inf), bins, strict=True)
+        ),
     )
 
 
@@ -204,6 +229,34 @@ def proposal_centres(
     return out
 
 
+def size_table(evaluation: DetectorEvaluation) -> str:
+    """Markdown table of :attr:`DetectorEvaluation.by_size` (empty string without bins)."""
+    if not evaluation.by_size:
+        return ""
+    k = evaluation.metrics.k
+    lines = [
+        f"| diameter mm | nodules | hit in top {k} | hit by any proposal |",
+        "|---|---:|---:|---:|",
+    ]
+    for b in evaluation.by_size:
+        label = f"{b.low:g}–{b.high:g}" if np.isfinite(b.high) else f"≥ {b.low:g}"
+        if b.n:
+            top, hit = f"{b.top_k} ({b.top_k / b.n:.0%})", f"{b.any} ({b.any / b.n:.0%})"
+            lines.append(f"| {label} | {b.n} | {top} | {hit} |")
+        else:
+            lines.append(f"| {label} | 0 | – | – |")
+    return "\n".join(lines) + "\n"
+
+
+def size_line(evaluation: DetectorEvaluation) -> str:
+    """One line: top-k hits over nodules per size bin, e.g. ``6-8 mm 4/15``."""
+    parts = []
+    for b in evaluation.by_size:
+        label = f"{b.low:g}-{b.high:g}" if np.isfinite(b.high) else f">={b.low:g}"
+        parts.append(f"{label} mm {b.top_k}/{b.n}")
+    return f"top-{evaluation.metrics.k} hits by size: " + ", ".join(parts) if parts else ""
+
+
 def write_detector_report(evaluation: DetectorEvaluation, out_dir: str | Path, title: str) -> Path:
     """``metrics.json``, ``report.md`` and ``froc.png`` (both nodule sets) into ``out_dir``."""
     from survfed.common.detection.plots import plot_froc
@@ -229,6 +282,9 @@ def write_detector_report(evaluation: DetectorEvaluation, out_dir: str | Path, t
         f"- all nodules: CPM {evaluation.metrics_all.cpm:.3f}, top-{m.k} recall "
         f"{evaluation.metrics_all.recall_top_k:.3f}\n\n"
         "| false positives per scan | sensitivity |\n|---:|---:|\n"
-        f"{rows}\n\n![FROC](froc.png)\n"
+        f"{rows}\n\n"
+        "By nodule size (a hit: a proposal's centre inside the nodule):\n\n"
+        f"{size_table(evaluation)}\n"
+        "![FROC](froc.png)\n"
     )
     return out

@@ -87,6 +87,8 @@ def test_metrics_in_mm_equal_the_coordinators_in_voxels(detected, tiny_cohort: P
         assert mine.max_sensitivity == pytest.approx(theirs.max_sensitivity)
         assert mine.cpm == pytest.approx(theirs.cpm)
         assert mine.recall_top_k == pytest.approx(theirs.recall_top_k)
+    assert result.evaluation.by_size == central.by_size  # the same bins in mm, each unit
+    assert sum(b.n for b in central.by_size) == central.metrics_all.n_nodules
     # and the hit rule in mm finds annotations used as proposals
     nodules = [r.nodules_mm for r in records if r.annotated]
     perfect = [np.c_[n, np.linspace(0.9, 0.5, len(n))] for n in nodules]

@@ -40,3 +40,17 @@ def test_table_shows_all_three_models_and_the_gap() -> None:
     assert "oracle     0.780 [0.700, 0.850]" in text
     assert "closed by federated vs pooled: 91%" in text
     assert "(model 775428; 1.002x)" in text
+    assert "nodule detector" not in text  # no detector stage, no detector lines
+
+    def det(cpm: float, top5: int) -> dict:
+        bins = [{"low": 6, "high": 8, "n": 10, "top_k": top5, "any": top5},
+                {"low": 30, "high": None, "n": 2, "top_k": 2, "any": 2}]  # fmt: skip
+        return {"cpm": cpm, "recall_top_k": (top5 + 2) / 12, "n_nodules": 12, "n_scans": 9,
+                "by_size_mm": bins}  # fmt: skip
+
+    result["detector"] = {"federated": det(0.3, 4), "pooled": det(0.4, 6), "cpm_ratio": 0.75,
+                          "rounds": 10, "local_epochs": 3}  # fmt: skip
+    text = format_table(result)
+    assert "federated  CPM 0.300  top-5 recall 0.500  (12 nodules in 9 scans)" in text
+    assert "pooled     top-5 hits by size (mm): 6-8 6/10, >=30 2/2" in text
+    assert "federated CPM / pooled CPM: 75%; 10 rounds x 3 local epochs" in text

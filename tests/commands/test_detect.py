@@ -37,12 +37,19 @@ def test_detect_writes_proposals_and_scores_annotations(setup, tmp_path: Path, c
     props = read_proposals_csv(out)
     assert len(props) == 2 and all(p.shape == (3, 5) for p in props.values())
     assert {"metrics.json", "report.md", "froc.png"} <= {p.name for p in report.iterdir()}
+    assert (
+        "top-5 hits by size: 0-6 mm " in text
+        and "| diameter mm | nodules |" in (report / "report.md").read_text()
+    )
     # the second run reads the preprocessing cache; --json prints one document
     assert main([*args, "--out", str(out), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["patients"] == 2 and summary["proposals"] == 24  # all 12 per patient
     assert summary["evaluation"]["n_scans"] == 2 and summary["failed"] == {}
     assert summary["evaluation"]["n_proposals"] == 24
+    by_size = summary["evaluation"]["by_size_mm"]
+    assert [b["low"] for b in by_size] == [0, 6, 8, 12, 20, 30] and by_size[-1]["high"] is None
+    assert sum(b["n"] for b in by_size) == summary["evaluation"]["all_nodules"]["n_nodules"]
 
 
 def test_detect_exit_codes(setup, tmp_path: Path, capsys) -> None:

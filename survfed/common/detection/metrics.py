@@ -23,6 +23,10 @@ reaches, the sensitivity stays at its last value. A proposal of confidence 0 is 
 
 **Top-k recall.** The share of included nodules hit by one of the ``k`` most confident
 proposals of their scan (``k`` = 5: what the case classifier sees).
+
+**By size** (:func:`recall_by_size`). The same hit rule, counted per nodule-diameter bin:
+how many nodules of each size are hit among the top ``k`` and by any proposal. Detectors lose
+the small nodules first, so one number per bin says where the misses lie.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from monai.metrics import compute_froc_curve_data, compute_froc_score
 
 from survfed.common.detection.scan import check_nodules
 
-__all__ = ["FP_RATES", "DetectionMetrics", "detection_metrics"]
+__all__ = ["FP_RATES", "DetectionMetrics", "SizeBin", "detection_metrics", "recall_by_size"]
 
 FP_RATES: tuple[float, ...] = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 """False positives per scan at which the FROC sensitivities are read (LUNA16)."""
@@ -100,6 +104,82 @@ def _check_proposals(p: object, name: str) -> np.ndarray:
     return arr
 
 
+def _hits(props: np.ndarray, nods: np.ndarray) -> np.ndarray:
+    """``(n_props, n_nods)``: proposal centre strictly inside the nodule's sphere."""
+    if not len(nods):
+        return np.zeros((len(props), 0), dtype=bool)
+    dist = np.linalg.norm(props[:, None, :3] - nods[None, :, :3], axis=-1)
+    return dist < nods[None, :, 3] / 2
+
+
+@dataclass(frozen=True)
+class SizeBin:
+    """Nodules with ``low <= diameter < high`` (the nodules' units): ``n`` of them, ``top_k``
+    hit among their scan's ``k`` most confident proposals, ``any`` hit by some proposal."""
+
+    low: float
+    high: float
+    n: int
+    top_k: int
+    any: int
+
+    def to_dict(self) -> dict[str, float | int | None]:
+        """JSON-able (an open upper end is ``None``)."""
+        high = self.high if np.isfinite(self.high) else None
+        return {"low": self.low, "high": high, "n": self.n, "top_k": self.top_k, "any": self.any}
+
+
+def recall_by_size(
+    proposals: Sequence[np.ndarray],
+    nodules: Sequence[np.ndarray],
+    edges: Sequence[float],
+    *,
+    k: int = 5,
+) -> list[SizeBin]:
+    """Hits per nodule-diameter bin ``[edges[i], edges[i + 1])``; the last bin is open above.
+
+    Args:
+        proposals: per scan, ``(n_i, 5)`` ``(z, y, x, diameter, confidence)``, any order.
+        nodules: per scan, ``(m_i, 4)`` ``(z, y, x, diameter)`` in the same unit.
+        edges: increasing lower bin edges in the nodules' diameter unit (nodules below
+            ``edges[0]`` are not counted).
+        k: proposals per scan for ``top_k``.
+
+    Returns:
+        one :class:`SizeBin` per edge, empty bins included.
+    """
+    if len(proposals) != len(nodules):
+        raise ValueError(
+            f"proposals and nodules must list the same scans, got {len(proposals)} and "
+            f"{len(nodules)}"
+        )
+    lows = np.asarray(edges, dtype=np.float64)
+    if lows.ndim != 1 or not len(lows) or not np.isfinite(lows).all() or (np.diff(lows) <= 0).any():
+        raise ValueError(f"edges must be increasing finite numbers, got {edges!r}")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    highs = np.append(lows[1:], np.inf)
+    n = np.zeros(len(lows), dtype=int)
+    top = np.zeros(len(lows), dtype=int)
+    hit_any = np.zeros(len(lows), dtype=int)
+    for i, (raw_p, raw_n) in enumerate(zip(proposals, nodules, strict=True)):
+        props = _check_proposals(raw_p, f"proposals[{i}]")
+        nods = check_nodules(raw_n, f"nodules[{i}]")
+        props = props[np.argsort(-props[:, 4], kind="stable")]
+        hits = _hits(props, nods)
+        which = np.searchsorted(lows, nods[:, 3], side="right") - 1  # -1: below edges[0]
+        for j, b in enumerate(which):
+            if b < 0:
+                continue
+            n[b] += 1
+            top[b] += int(hits[:k, j].any())
+            hit_any[b] += int(hits[:, j].any())
+    return [
+        SizeBin(float(lo), float(hi), int(c), int(t), int(a))
+        for lo, hi, c, t, a in zip(lows, highs, n, top, hit_any, strict=True)
+    ]
+
+
 def detection_metrics(
     proposals: Sequence[np.ndarray],
     nodules: Sequence[np.ndarray],
@@ -146,11 +226,7 @@ def detection_metrics(
         n_props += len(props)
         included = nods[:, 3] >= min_diameter
         n_excluded += int((~included).sum())
-        if len(nods):
-            dist = np.linalg.norm(props[:, None, :3] - nods[None, :, :3], axis=-1)
-            hits = dist < nods[None, :, 3] / 2  # (n_props, n_nods)
-        else:
-            hits = np.zeros((len(props), 0), dtype=bool)
+        hits = _hits(props, nods)
         hits_incl = hits[:, included]
         is_fp = ~hits.any(axis=1)
         fp_probs.extend(props[is_fp, 4].tolist())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from survfed.common.detection.metrics import FP_RATES, detection_metrics
+from survfed.common.detection.metrics import FP_RATES, SizeBin, detection_metrics, recall_by_size
 
 # scan A: N1 (d 8) found twice, N2 (d 6) missed by a proposal exactly on its surface,
 # N3 (d 2) small; scan B: N4 (d 10) found with a low confidence
@@ -41,6 +41,24 @@ def test_hand_example_froc_cpm_and_recall():
     )
     d = m.to_dict()
     assert d["sens@0.125"] == 0 and d["cpm"] == pytest.approx(8 / 21)
+
+
+def test_recall_by_size_counts_each_nodule_in_its_bin():
+    bins = recall_by_size(PROPOSALS, NODULES, [0, 3, 9])
+    # N3 (d 2) hit at rank 3; N1 (8) hit first, N2 (6) missed; N4 (10) hit at rank 2
+    assert bins == [SizeBin(0, 3, 1, 1, 1), SizeBin(3, 9, 2, 1, 1), SizeBin(9, np.inf, 1, 1, 1)]
+    top1 = recall_by_size(PROPOSALS, NODULES, [0, 3, 9], k=1)
+    assert [(b.top_k, b.any) for b in top1] == [(0, 1), (1, 1), (0, 1)]
+    # nodules below the first edge are not counted; an empty bin stays
+    assert recall_by_size(PROPOSALS, NODULES, [5, 20]) == [
+        SizeBin(5, 20, 3, 2, 2),
+        SizeBin(20, np.inf, 0, 0, 0),
+    ]
+    assert SizeBin(20, np.inf, 0, 0, 0).to_dict()["high"] is None
+    with pytest.raises(ValueError, match="edges"):
+        recall_by_size(PROPOSALS, NODULES, [3, 3])
+    with pytest.raises(ValueError, match="same scans"):
+        recall_by_size(PROPOSALS[:1], NODULES, [0])
 
 
 def test_small_nodules_count_when_not_excluded():

@@ -1,0 +1,228 @@
+"""Read a site's DICOM headers on a thread pool, keeping them between runs.
+
+Cataloguing a site reads one header per file: a few milliseconds each from a local disk, tens
+from a network share, so a site of 1,000 patients × 300 slices spends many minutes before every
+run just to learn what it already knew. :func:`read_headers` therefore
+
+* reads the headers of several files at once (threads: the time is waiting for the disk or the
+  network, not Python);
+* keeps what it read in an SQLite file in the site's cache (``dicom-headers.sqlite``), keyed by
+  each file's absolute path, size and modification time (nanoseconds), as ``make`` and
+  ``rsync`` decide that a file changed. A file whose size or time changed is read again; a file
+  that is gone is forgotten; headers that failed to read are never kept (the next run tries
+  again and reports the problem again).
+
+The cache holds what the catalogue needs from each header (identifiers, geometry, rescale, the
+pixel-data check), not images, and stays in the site's cache folder like everything else there.
+A cache file that cannot be opened or is corrupt is replaced with a warning; one that cannot be
+written (a read-only folder) is skipped with a warning. ``CACHE_VERSION`` changes, and with it
+every key, when :class:`~survfed.common.imaging.dicom_read.DicomHeader` or the way it is read
+changes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import sqlite3
+import warnings
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from survfed.common.imaging.dicom_read import DicomHeader, DicomReadError, read_header
+
+__all__ = ["CACHE_FILE", "CACHE_VERSION", "read_headers"]
+
+CACHE_FILE = "dicom-headers.sqlite"
+"""Name of the header cache in a site's cache folder."""
+
+_FIELDS = tuple(f.name for f in dataclasses.fields(DicomHeader))
+CACHE_VERSION = "1-" + hashlib.sha256(",".join(_FIELDS).encode()).hexdigest()[:12]
+"""Bumped by hand when reading changes; the hash follows the fields of ``DicomHeader``."""
+
+_TUPLES = {"image_type", "orientation", "position", "pixel_spacing"}
+
+DEFAULT_THREADS = 8
+"""Files read at once: enough to hide a network share's latency, few enough for a laptop."""
+
+
+def _encode(header: DicomHeader) -> str:
+    data = {name: getattr(header, name) for name in _FIELDS}
+    data["path"] = str(header.path)
+    return json.dumps(data, separators=(",", ":"))
+
+
+def _decode(text: str) -> DicomHeader:
+    data = json.loads(text)
+    data["path"] = Path(data["path"])
+    for name in _TUPLES:
+        if data[name] is not None:
+            data[name] = tuple(data[name])
+    return DicomHeader(**data)
+
+
+class _Store:
+    """The SQLite file; every method degrades to "no cache" with one warning."""
+
+    def __init__(self, path: Path, warn: Callable[[str], object]) -> None:
+        self.path = path
+        self.warn = warn
+        self.conn: sqlite3.Connection | None = None
+        existed = path.exists()
+        try:
+            self.conn = self._open()
+        except (sqlite3.Error, OSError) as exc:
+            if not existed:
+                self._give_up(exc)
+                return
+            self.warn(f"DICOM header cache {path} is unreadable ({exc}); rebuilding it")
+            self._remove()
+            try:
+                self.conn = self._open()
+            except (sqlite3.Error, OSError) as exc2:
+                self._give_up(exc2)
+
+    def _open(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, timeout=30)
+        try:
+            conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+            row = conn.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()
+            if row is None or row[0] != CACHE_VERSION:
+                with conn:
+                    conn.execute("DROP TABLE IF EXISTS headers")
+                    conn.execute(
+                        "INSERT OR REPLACE INTO meta VALUES ('version', ?)", (CACHE_VERSION,)
+                    )
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS headers "
+                "(path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, data TEXT)"
+            )
+            conn.execute("SELECT count(*) FROM headers").fetchone()  # fails when corrupt
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _remove(self) -> None:
+        for suffix in ("", "-journal", "-wal", "-shm"):
+            try:
+                os.remove(f"{self.path}{suffix}")
+            except OSError:
+                pass
+
+    def _give_up(self, exc: BaseException) -> None:
+        self.warn(f"DICOM header cache {self.path} cannot be used ({exc}); reading every header")
+        if self.conn is not None:
+            self.conn.close()
+        self.conn = None
+
+    def load(self) -> dict[str, tuple[int, int, str]]:
+        if self.conn is None:
+            return {}
+        try:
+            rows = self.conn.execute("SELECT path, size, mtime_ns, data FROM headers").fetchall()
+        except sqlite3.Error as exc:
+            self._give_up(exc)
+            return {}
+        return {p: (s, m, d) for p, s, m, d in rows}
+
+    def save(self, new: list[tuple[str, int, int, str]], gone: list[str]) -> None:
+        if self.conn is None or not (new or gone):
+            return
+        try:
+            with self.conn:
+                self.conn.executemany("DELETE FROM headers WHERE path = ?", [(p,) for p in gone])
+                self.conn.executemany("INSERT OR REPLACE INTO headers VALUES (?, ?, ?, ?)", new)
+        except sqlite3.Error as exc:
+            self._give_up(exc)
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+
+def read_headers(
+    files: Sequence[Path],
+    *,
+    cache: Path | None = None,
+    threads: int = DEFAULT_THREADS,
+    on_file: Callable[[], object] | None = None,
+    warn: Callable[[str], object] | None = None,
+) -> list[DicomHeader | DicomReadError]:
+    """The header of every file, in the order of ``files``.
+
+    Args:
+        files: DICOM file paths.
+        cache: the SQLite header cache (see the module docstring); ``None`` reads every file.
+        threads: files read at once (at least 1).
+        on_file: called once per file done (a progress bar's update).
+        warn: receives the message when the cache is rebuilt or cannot be used (default:
+            :func:`warnings.warn`).
+
+    Returns:
+        per file its :class:`DicomHeader`, or the :class:`DicomReadError` saying why it could
+        not be read (a file that vanished or cannot be opened included).
+    """
+    if threads < 1:
+        raise ValueError(f"threads must be at least 1, got {threads}")
+    if warn is None:
+
+        def warn(message: str) -> None:
+            warnings.warn(message, stacklevel=3)
+
+    store = _Store(cache, warn) if cache is not None else None
+    known = store.load() if store is not None else {}
+    out: list[DicomHeader | DicomReadError | None] = [None] * len(files)
+    todo: list[tuple[int, str, int, int]] = []
+    seen: set[str] = set()
+    for i, path in enumerate(files):
+        key = os.path.abspath(path)
+        try:
+            st = os.stat(path)
+        except OSError as exc:  # gone: forgotten below
+            out[i] = DicomReadError(path, f"cannot read file: {exc.strerror or exc}")
+            if on_file:
+                on_file()
+            continue
+        seen.add(key)
+        hit = known.get(key)
+        if hit is not None and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
+            try:
+                out[i] = dataclasses.replace(_decode(hit[2]), path=Path(path))
+            except (ValueError, TypeError, KeyError):
+                out[i] = None  # an unreadable row: read the file again
+            else:
+                if on_file:
+                    on_file()
+                continue
+        todo.append((i, key, st.st_size, st.st_mtime_ns))
+
+    def one(item: tuple[int, str, int, int]) -> DicomHeader | DicomReadError:
+        try:
+            return read_header(files[item[0]])
+        except DicomReadError as exc:
+            return exc
+        finally:
+            if on_file:
+                on_file()
+
+    new: list[tuple[str, int, int, str]] = []
+    if todo:
+        if threads == 1 or len(todo) == 1:
+            results = [one(item) for item in todo]
+        else:
+            with ThreadPoolExecutor(max_workers=threads) as pool:
+                results = list(pool.map(one, todo))
+        for (i, key, size, mtime), result in zip(todo, results, strict=True):
+            out[i] = result
+            if isinstance(result, DicomHeader):
+                new.append((key, size, mtime, _encode(result)))
+    if store is not None:
+        store.save(new, [k for k in known if k not in seen])
+        store.close()
+    return out  # type: ignore[return-value]
