@@ -89,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     from survfed.common.config import DetectorTrainConfig
     from survfed.common.detection.config import cpu_preset
     from survfed.common.synth.cohort import make_cohort, parse_sites
+    from survfed.server.detector_eval import size_label
     from survfed.server.evaluate import evaluate_detector_run
     from survfed.server.pooled_detector import train_pooled_detector
 
@@ -165,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {name} | {d['cpm']:.3f} | {d['recall_top_k']:.3f} | {d['n_nodules']} |")
     print("\n| top-5 hits by diameter (mm) | federated | pooled |\n|---|---:|---:|")
     for f, p in zip(fed.get("by_size_mm", []), pooled.get("by_size_mm", []), strict=False):
-        label = f"{f['low']:g}-{f['high']:g}" if f["high"] is not None else f">= {f['low']:g}"
+        label = size_label(f["low"], f["high"])
         print(f"| {label} | {f['top_k']}/{f['n']} | {p['top_k']}/{p['n']} |")
     ratio = fed["cpm"] / pooled["cpm"] if pooled["cpm"] else float("nan")
     print(f"\nfederated CPM / pooled CPM: {ratio:.2f}\n")

@@ -177,6 +177,8 @@ def _ci(d: dict[str, Any], key: str) -> str:
 
 def format_table(result: dict[str, Any]) -> str:
     """The demo's result as a plain-text table."""
+    from survfed.server.detector_eval import size_label
+
     rows = [("", "C-index [95% CI]", "cancer AUC [95% CI]")]
     for name in ("federated", "pooled", "oracle"):
         d = result[name]
@@ -196,12 +198,7 @@ def format_table(result: dict[str, Any]) -> str:
             )
         for name in ("federated", "pooled"):
             bins = det[name].get("by_size_mm") or []
-            cells = [
-                f"{b['low']:g}-{b['high']:g} {b['top_k']}/{b['n']}"
-                if b["high"] is not None
-                else f">={b['low']:g} {b['top_k']}/{b['n']}"
-                for b in bins
-            ]
+            cells = [f"{size_label(b['low'], b['high'])} {b['top_k']}/{b['n']}" for b in bins]
             if cells:
                 lines.append(f"{name:<10} top-5 hits by size (mm): " + ", ".join(cells))
         lines.append(

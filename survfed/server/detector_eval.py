@@ -16,6 +16,7 @@ detector-crop model (:func:`proposal_centres`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -52,6 +53,7 @@ __all__ = [
     "load_held_out_scans",
     "proposal_centres",
     "score_proposals",
+    "size_label",
     "size_line",
     "size_table",
     "write_detector_report",
@@ -198,9 +200,8 @@ def score_proposals(
         metrics=detection_metrics(proposals, nodules, min_diameter=MIN_DIAMETER_MM / mm_per_unit),
         metrics_all=detection_metrics(proposals, nodules),
         n_scans=len(proposals),
-        by_size=tuple(
-            SizeBin(lo, hi, b.n, b.top_k, b.any)
-            for lo, hi, b in zip(SIZE_BINS_MM, (*SIZE_BINS_MM[1:], np.inf), bins, strict=True)
+        by_size=tuple(  # bounds back in mm
+            dataclasses.replace(b, low=b.low * mm_per_unit, high=b.high * mm_per_unit) for b in bins
         ),
     )
 
@@ -248,12 +249,17 @@ def size_table(evaluation: DetectorEvaluation) -> str:
     return "\n".join(lines) + "\n"
 
 
+def size_label(low: float, high: float | None) -> str:
+    """Plain-text name of a diameter bin: ``6-8``, or ``>=30`` when open above (``high`` None
+    or infinite)."""
+    if high is None or not np.isfinite(high):
+        return f">={low:g}"
+    return f"{low:g}-{high:g}"
+
+
 def size_line(evaluation: DetectorEvaluation) -> str:
     """One line: top-k hits over nodules per size bin, e.g. ``6-8 mm 4/15``."""
-    parts = []
-    for b in evaluation.by_size:
-        label = f"{b.low:g}-{b.high:g}" if np.isfinite(b.high) else f">={b.low:g}"
-        parts.append(f"{label} mm {b.top_k}/{b.n}")
+    parts = [f"{size_label(b.low, b.high)} mm {b.top_k}/{b.n}" for b in evaluation.by_size]
     return f"top-{evaluation.metrics.k} hits by size: " + ", ".join(parts) if parts else ""
 
 
