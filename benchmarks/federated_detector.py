@@ -10,7 +10,8 @@ ServerApp and ClientApp as a real federation):
 3. the pooled detector on the same scans (``survfed train-detector``, rounds x local epochs);
 
 and prints a markdown table: detection metrics on the held-out site (nodules >= 6 mm: CPM,
-top-5 recall; and the federated/pooled CPM ratio), and the held-out C-index of both survival
+top-5 recall, each detector with and without test-time mirroring; and the federated/pooled CPM
+ratio), and the held-out C-index of both survival
 models with the oracle's and the share of the annotation model's gap to 0.5 the proposal model
 closes.
 
@@ -80,6 +81,13 @@ def main(argv: list[str] | None = None) -> int:
         help="the detector's grid (default: the CPU preset's 2.5 mm; 2 on the standard preset)",
     )
     parser.add_argument(
+        "--mirror-tta",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the federation's detector inference (held-out scoring, the sites' survival "
+        "proposals) with test-time mirroring; both detectors are also scored the other way",
+    )
+    parser.add_argument(
         "--proposal-encoder",
         default="nnet-small",
         help="survival encoder on proposal crops (nnet-small: the detector's backbone on its grid)",
@@ -125,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             "detector-eval-every": args.detector_rounds,
             "detector-lr": args.detector_lr,
             "detector-spacing-mm": spacing,
+            "detector-mirror-tta": args.mirror_tta,
             "encoder": args.proposal_encoder,
             "spacing-mm": spacing if nnet_crops else 1.0,
             "crop-size": 32,
@@ -148,10 +157,18 @@ def main(argv: list[str] | None = None) -> int:
             [cohort / s for s in sites], out / "pooled-detector", config,
             cache_dir=out / "pooled-cache", progress=False, overwrite=True,
         )  # fmt: skip
-    pooled = evaluate_detector_run(
-        out / "pooled-detector", cohort / "heldout", cache_dir=out / "pooled-cache", progress=False
-    ).evaluation.to_dict()
+    pooled, pooled_other = (
+        evaluate_detector_run(
+            out / "pooled-detector", cohort / "heldout", cache_dir=out / "pooled-cache",
+            progress=False, mirror_tta=tta,
+        ).evaluation.to_dict()
+        for tta in (args.mirror_tta, not args.mirror_tta)
+    )  # fmt: skip
     timings["pooled detector"] = time.perf_counter() - t0
+    fed_other = evaluate_detector_run(
+        out / "fed-detector", cohort / "heldout", cache_dir=out / ".fed-detector-cache",
+        progress=False, mirror_tta=not args.mirror_tta,
+    ).evaluation.to_dict()  # fmt: skip
 
     fed = with_detector["detector"]["evaluations"]["heldout"]
     surv_det = with_detector["evaluations"]["heldout"]
@@ -160,11 +177,16 @@ def main(argv: list[str] | None = None) -> int:
     gap_det, gap_ann = surv_det["c_index"] - 0.5, surv_ann["c_index"] - 0.5
     print(f"\n### seed {args.seed}, {args.preset} preset, sites {args.sites}, held-out "
           f"{args.heldout}, detector grid {spacing:g} mm\n")  # fmt: skip
-    print("| detector (held-out, nodules >= 6 mm) | CPM | top-5 recall | nodules |")
-    print("|---|---:|---:|---:|")
-    for name, d in (("federated", fed), ("pooled", pooled)):
-        print(f"| {name} | {d['cpm']:.3f} | {d['recall_top_k']:.3f} | {d['n_nodules']} |")
-    print("\n| top-5 hits by diameter (mm) | federated | pooled |\n|---|---:|---:|")
+    print("| detector (held-out, nodules >= 6 mm) | mirror TTA | CPM | top-5 recall | nodules |")
+    print("|---|---|---:|---:|---:|")
+    rows = (("federated", fed, args.mirror_tta), ("pooled", pooled, args.mirror_tta),
+            ("federated", fed_other, not args.mirror_tta),
+            ("pooled", pooled_other, not args.mirror_tta))  # fmt: skip
+    for name, d, tta in rows:
+        print(f"| {name} | {'yes' if tta else 'no'} | {d['cpm']:.3f} | {d['recall_top_k']:.3f} "
+              f"| {d['n_nodules']} |")  # fmt: skip
+    print(f"\n| top-5 hits by diameter (mm), mirror TTA {'on' if args.mirror_tta else 'off'} "
+          "| federated | pooled |\n|---|---:|---:|")  # fmt: skip
     for f, p in zip(fed.get("by_size_mm", []), pooled.get("by_size_mm", []), strict=False):
         label = size_label(f["low"], f["high"])
         print(f"| {label} | {f['top_k']}/{f['n']} | {p['top_k']}/{p['n']} |")

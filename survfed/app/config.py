@@ -39,6 +39,7 @@ Run config keys (all optional except ``run-dir``)::
     detector-preset = "paper"     # "paper" (1 mm, 128^3 patches, width 24) or "cpu" (small)
     detector-width = 0  detector-patch-size = 0  detector-spacing-mm = 0.0
     detector-tile-size = 0        # 0 = the preset's value
+    detector-mirror-tta = false   # inference also on the y/x mirrored scan, averaged (4x time)
     detector-local-epochs = 1  detector-batch-size = 2  detector-lr = 0.002
     detector-samples-per-epoch = 0   # patches per site and epoch (0 = every nodule ~once)
     sim-cohort = ""               # simulation only: the cohort folder of the virtual sites
@@ -58,6 +59,7 @@ from pathlib import Path
 from typing import Any
 
 from survfed.common.config import DetectorTrainConfig, TrainConfig
+from survfed.common.detection.config import DetectorConfig
 from survfed.common.survival.model import ModelConfig
 from survfed.common.survival.train import LossConfig
 
@@ -123,6 +125,7 @@ _FED_KEYS = (
     "detector-patch-size",
     "detector-spacing-mm",
     "detector-tile-size",
+    "detector-mirror-tta",
     "detector-local-epochs",
     "detector-batch-size",
     "detector-lr",
@@ -306,6 +309,7 @@ class FederationConfig:
             value = _float(data, key, 0.0)
             if value > 0:
                 det_fields[name] = value if name == "spacing_mm" else int(value)
+        det_fields["mirror_tta"] = _bool(data, "detector-mirror-tta", DetectorConfig.mirror_tta)
         samples = _int(data, "detector-samples-per-epoch", 0, 0)
         detector = DetectorTrainConfig.from_dict(
             {
@@ -383,6 +387,7 @@ class FederationConfig:
         }
         for key, name in _DETECTOR_MODEL_KEYS.items():
             out[key] = getattr(self.detector.detector, name)
+        out["detector-mirror-tta"] = self.detector.detector.mirror_tta
         sections = {"train": t.to_dict(), "model": t.model.to_dict(), "loss": t.loss.to_dict()}
         for key, (section, name) in _TRAIN_KEYS.items():
             value = sections[section][name]

@@ -103,6 +103,7 @@ def detect_site(
     top: int | None = None,
     workers: int = 1,
     progress: bool = True,
+    mirror_tta: bool | None = None,
 ) -> SiteDetections:
     """Preprocess the site (cached), run the detector on every usable patient, and score the
     proposals on the annotated ones.
@@ -116,6 +117,7 @@ def detect_site(
             detector keeps, its ``max_proposals``); the metrics always use all of them.
         workers: preprocessing worker processes.
         progress: show progress bars.
+        mirror_tta: test-time mirroring on or off (``None``: the detector's own setting).
 
     Raises:
         FileNotFoundError: no detector at ``detector``.
@@ -131,6 +133,8 @@ def detect_site(
     path = resolve_detector_file(detector)
     dev = resolve_device(device)
     model, det_config = load_detector(path, map_location=dev)
+    if mirror_tta is not None:
+        det_config = det_config.replace(mirror_tta=mirror_tta)
     config = DetectorTrainConfig(detector=det_config, device=dev)
     site = Path(site_dir)
     records, result = prepare_scans(

@@ -6,8 +6,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from survfed.client.clinical import Problem
 
 _DEFAULT_CACHE = Path("survfed-cache")
+_SHOWN_PROBLEMS = 10  # problems of the catalogue printed before "run survfed inspect"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -63,6 +68,22 @@ def default_cache(site_dir: Path) -> Path:
     return _DEFAULT_CACHE / site_dir.resolve().name
 
 
+def _problem_lines(problems: list[Problem], site_dir: Path) -> list[str]:
+    """The catalogue's problems (excluded files/patients, repairs, cache warnings) in short."""
+    if not problems:
+        return []
+    errors = sum(p.severity == "error" for p in problems)
+    lines = [f"site problems: {errors} error(s), {len(problems) - errors} warning(s)"]
+    for p in problems[:_SHOWN_PROBLEMS]:
+        who = p.patient_id or "-"
+        lines.append(f"  {p.severity:7s} {who}  {p.path}: {p.reason}")
+    if len(problems) > _SHOWN_PROBLEMS:
+        lines.append(
+            f"  ... {len(problems) - _SHOWN_PROBLEMS} more (`survfed inspect {site_dir}` lists all)"
+        )
+    return lines
+
+
 def _fail(message: str) -> int:
     print(f"survfed preprocess: {message}", file=sys.stderr)
     return 2
@@ -97,7 +118,10 @@ def run(args: argparse.Namespace) -> int:
         catalogue = catalogue_site(site_dir, progress=not quiet, header_cache=cache / CACHE_FILE)
     except NotASiteError as exc:
         return _fail(str(exc))
+    site_problems = catalogue.problems  # before preprocessing adds its own failures
     if not catalogue.usable_patients:
+        for line in [] if args.json else _problem_lines(site_problems, site_dir):
+            print(line, file=sys.stderr)
         print(
             f"survfed preprocess: no usable patient in {site_dir} (run `survfed inspect "
             f"{site_dir}` for the problems)",
@@ -118,9 +142,11 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         return _fail(str(exc))
     if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
+        data = result.to_dict()
+        data["site_problems"] = [p.to_dict() for p in site_problems]
+        print(json.dumps(data, indent=2))
     else:
-        print(result.format_text())
+        print("\n".join([result.format_text(), *_problem_lines(site_problems, site_dir)]))
     if result.n_ok < 1:
         print(
             f"survfed preprocess: no patient of {site_dir} could be preprocessed", file=sys.stderr

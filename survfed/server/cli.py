@@ -38,6 +38,13 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--bootstrap", type=int, default=200, help="resamples (default 200)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument(
+        "--mirror-tta",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="detector inference also on the y/x-mirrored scan, averaged (4x the time; "
+        "default: the detector's own setting)",
+    )
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
     parser.set_defaults(func=_run_evaluate)
 
@@ -65,6 +72,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
                 cache_dir=args.cache,
                 device=args.device,
                 progress=not args.json,
+                mirror_tta=args.mirror_tta,
             )
             out["detector"] = det.to_dict()
         if survival:

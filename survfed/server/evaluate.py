@@ -46,11 +46,15 @@ class DetectorCohortEvaluation:
         return {**self.evaluation.to_dict(), "report": str(self.report_dir)}
 
 
-def _detector_config(path: Path, device: str):  # -> (NNet, DetectorTrainConfig)
+def _detector_config(
+    path: Path, device: str, mirror_tta: bool | None = None
+):  # -> (NNet, DetectorTrainConfig)
     from survfed.common.config import DetectorTrainConfig
     from survfed.common.detection.train import load_detector
 
     model, det = load_detector(path, map_location=device)
+    if mirror_tta is not None:
+        det = det.replace(mirror_tta=mirror_tta)
     return model, DetectorTrainConfig(detector=det, device=device)
 
 
@@ -62,8 +66,10 @@ def evaluate_detector_run(
     cache_dir: str | Path | None = None,
     device: str = "auto",
     progress: bool = True,
+    mirror_tta: bool | None = None,
 ) -> DetectorCohortEvaluation:
-    """Score the run's detector on the annotated patients of ``cohort_dir``."""
+    """Score the run's detector on the annotated patients of ``cohort_dir`` (with test-time
+    mirroring on or off as ``mirror_tta`` says; ``None``: the detector's own setting)."""
     from survfed.server.detector_eval import (
         evaluate_detector,
         load_held_out_scans,
@@ -75,7 +81,7 @@ def evaluate_detector_run(
     if path is None:
         raise FileNotFoundError(f"{run.path} holds no detector.pt")
     device = resolve_device(device)
-    model, config = _detector_config(path, device)
+    model, config = _detector_config(path, device, mirror_tta)
     cache = Path(cache_dir) if cache_dir is not None else run.path / "cache"
     (cohort,) = load_held_out_scans([cohort_dir], cache / "scans", config, progress=progress)
     if not cohort.scans.scans:

@@ -27,6 +27,10 @@ def test_round_trip_keeps_every_setting() -> None:
             "hu-low": -1000.0,
             "ties": "breslow",
             "seed": 4,
+            "detector-rounds": 2,
+            "detector-preset": "cpu",
+            "detector-spacing-mm": 2.0,
+            "detector-mirror-tta": "true",
         }
     )
     assert cfg.num_server_rounds == 7 and cfg.local_epochs == 3
@@ -37,6 +41,8 @@ def test_round_trip_keeps_every_setting() -> None:
     assert cfg.train.model.hu_window == (-1000.0, 600.0)
     assert cfg.train.max_grad_norm is None  # 0 = off
     assert cfg.train.loss.ties == "breslow"
+    det = cfg.detector.detector
+    assert (det.width, det.spacing_mm, det.mirror_tta) == (8, 2.0, True)  # the CPU preset's width
     again = FederationConfig.from_run_config(cfg.to_run_config())
     assert again == cfg
 
@@ -59,6 +65,7 @@ def test_defaults_match_the_pooled_train_config() -> None:
         ({"min-sites": 0}, "'min-sites' must be an integer >= 1"),
         ({"fraction-train": 1.5}, "fraction-train"),
         ({"lr": "fast"}, "lr"),
+        ({"detector-mirror-tta": "yes"}, "'detector-mirror-tta' must be true or false"),
     ],
 )
 def test_bad_values_are_refused_with_the_key_name(data: dict, message: str) -> None:

@@ -50,6 +50,17 @@ def test_detect_writes_proposals_and_scores_annotations(setup, tmp_path: Path, c
     by_size = summary["evaluation"]["by_size_mm"]
     assert [b["low"] for b in by_size] == [0, 6, 8, 12, 20, 30] and by_size[-1]["high"] is None
     assert sum(b["n"] for b in by_size) == summary["evaluation"]["all_nodules"]["n_nodules"]
+    # --mirror-tta / --no-mirror-tta override the detector's setting: an untrained network is
+    # not mirror-symmetric, so averaging the mirrored views changes its confidences
+    views = {}
+    for flag in ("--mirror-tta", "--no-mirror-tta"):
+        csv = tmp_path / f"{flag}.csv"
+        assert main([*args, "--out", str(csv), flag, "--quiet"]) == 0
+        views[flag] = read_proposals_csv(csv)
+    capsys.readouterr()
+    plain, mirrored = views["--no-mirror-tta"], views["--mirror-tta"]
+    assert plain.keys() == mirrored.keys() and all(len(p) == 12 for p in mirrored.values())
+    assert all(abs(plain[k][0, 4] - mirrored[k][0, 4]) > 1e-4 for k in plain)
 
 
 def test_detect_exit_codes(setup, tmp_path: Path, capsys) -> None:

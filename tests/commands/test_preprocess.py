@@ -69,3 +69,21 @@ def test_exit_codes(tmp_path: Path, capsys) -> None:
     if not torch.cuda.is_available():
         assert main(["preprocess", str(empty), "--device", "cuda"]) == 2
         assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_site_problems_are_listed(site: Path, tmp_path: Path, capsys) -> None:
+    import shutil
+
+    copy = tmp_path / "iowa"
+    shutil.copytree(site, copy)
+    (copy / "dicom" / "notes.dcm").write_bytes(b"not a DICOM file")
+    args = ["preprocess", str(copy), "--cache", str(tmp_path / "cache"), "--spacing", "2.5"]
+    assert main([*args, "--quiet", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "2 usable patients — 2 preprocessed" in out
+    assert "site problems: 1 error(s), 0 warning(s)" in out
+    line = next(x for x in out.splitlines() if "notes.dcm" in x)
+    assert line.split()[:2] == ["error", "-"]  # no patient: the file has no header
+    assert main([*args, "--json"]) == 0
+    problems = json.loads(capsys.readouterr().out)["site_problems"]
+    assert [(p["path"], p["severity"]) for p in problems] == [("dicom/notes.dcm", "error")]

@@ -84,6 +84,9 @@ class DetectorConfig:
             :mod:`survfed.common.detection.loss`.
         tile_size: inference tile edge in voxels (multiple of 16; paper 208).
         tile_overlap: overlap of neighbouring tiles in voxels (multiple of 16; paper 32).
+        mirror_tta: test-time mirroring: each tile also runs mirrored along y, along x and
+            along both (the training flips), and the four output maps are averaged after
+            mirroring them back — 4× the inference time (not in the paper; off by default).
         score_threshold: proposals need a confidence (sigmoid of the objectness) above this.
         pre_nms: at most this many highest-confidence candidates enter NMS.
         nms_iou: NMS drops a proposal whose cube IoU with a better one exceeds this.
@@ -115,6 +118,7 @@ class DetectorConfig:
     loss_weighting: Literal["balanced", "anchors"] = "balanced"
     tile_size: int = 208
     tile_overlap: int = 32
+    mirror_tta: bool = False
     score_threshold: float = 0.05
     pre_nms: int = 3000
     nms_iou: float = 0.1
@@ -199,6 +203,8 @@ class DetectorConfig:
             raise ValueError(
                 f"tile_overlap ({self.tile_overlap}) must be below tile_size ({self.tile_size})"
             )
+        if not isinstance(self.mirror_tta, bool):
+            raise ValueError(f"mirror_tta must be a bool, got {self.mirror_tta!r}")
         object.__setattr__(
             self, "score_threshold", _float(self.score_threshold, "score_threshold", 0.0, 1.0)
         )

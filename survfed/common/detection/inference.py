@@ -14,6 +14,12 @@ at the scan's own faces). With a network whose receptive field is covered by ``O
 equals one whole-scan pass exactly (the tests check this); the N-Net's receptive field is far
 larger, so the paper's 32-voxel overlap removes most, not all, of the tile border effect.
 
+**Mirroring** (``mirror_tta``). Each tile also runs mirrored along y, along x and along both —
+the flips the training sampler applies, the location crop mirrored with the tile — and each
+output is mirrored back (its spatial axes flipped, the offsets ``dy``/``dx`` of a flipped axis
+negated) before the four are averaged, logits included. Tiles are multiples of the stride, so a
+mirrored tile's anchors land exactly on the original ones.
+
 **Proposals.** Confidence ``σ(logit)``; candidates above ``score_threshold`` whose centres lie
 in the scan, at most ``pre_nms`` of the best, decoded with the anchor coder, then NMS
 (``monai.data.box_utils.non_max_suppression`` on the cubes, IoU ``nms_iou``) keeping at most
@@ -70,6 +76,30 @@ def tile_spans(length: int, tile: int, overlap: int) -> list[tuple[int, int, int
     return spans
 
 
+def _mirrorings(config: DetectorConfig) -> tuple[tuple[int, ...], ...]:
+    """Spatial axes (0 = z, 1 = y, 2 = x) flipped in each test-time view."""
+    return ((), (1,), (2,), (1, 2)) if config.mirror_tta else ((),)
+
+
+def _tile_output(
+    model: nn.Module, x: torch.Tensor, coord: torch.Tensor, views: tuple[tuple[int, ...], ...]
+) -> torch.Tensor:
+    """``(d, h, w, A, 5)`` output of one tile ``x`` ``(1, 1, D, H, W)`` with its location crop
+    ``coord`` ``(1, 3, d, h, w)``, averaged over the mirrored ``views``."""
+    total: torch.Tensor | None = None
+    for axes in views:
+        dims = [2 + a for a in axes]
+        out = model(x.flip(dims), coord.flip(dims))[0].float() if axes else model(x, coord)[0]
+        if axes:
+            out = out.flip(list(axes))
+            sign = torch.ones(out.shape[-1], dtype=out.dtype, device=out.device)
+            sign[[1 + a for a in axes]] = -1.0  # (logit, dz, dy, dx, dr)
+            out = out * sign
+        total = out.float() if total is None else total + out
+    assert total is not None
+    return total / len(views)
+
+
 def _autocast(device: torch.device, amp: bool):
     if amp and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -93,7 +123,7 @@ def output_map(
             ``(B, D/4, H/4, W/4, A, 5)`` (an :class:`~survfed.common.detection.nnet.NNet`);
             on ``device``. Put in eval mode for the call and restored afterwards.
         image: uint8 ``(Z, Y, X)`` preprocessed scan.
-        config: ``tile_size``, ``tile_overlap``, ``stride``.
+        config: ``tile_size``, ``tile_overlap``, ``stride``, ``mirror_tta``.
         device: where the network runs.
         amp: bf16 autocast on CUDA (ignored on CPU).
         lung_box: ``(3, 2)`` lung ends for the location crop; ``None`` = the scan's extent.
@@ -108,6 +138,7 @@ def output_map(
     s = config.stride
     spans = [tile_spans(n, config.tile_size, config.tile_overlap) for n in image.shape]
     full = tuple(_ceil16(n) // s for n in image.shape)
+    views = _mirrorings(config)
     result: torch.Tensor | None = None
     was_training = model.training
     model.eval()
@@ -118,7 +149,7 @@ def output_map(
             x = normalise_intensity(extract_block(image, start, size))[None, None].to(device)
             coord = location_crop(start, tuple(n // s for n in size), box, stride=s)[None]
             with _autocast(device, amp):
-                out = model(x, coord.to(device))[0]
+                out = _tile_output(model, x, coord.to(device), views)
             if result is None:
                 result = torch.zeros((*full, *out.shape[3:]), dtype=torch.float32)
             src = tuple(slice(t[2] // s, t[3] // s) for t in tile)

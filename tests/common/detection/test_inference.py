@@ -30,6 +30,27 @@ class _LocalNet(nn.Module):
         return out.view(b, self.a, 5, d, h, w).permute(0, 3, 4, 5, 1, 2)
 
 
+class _MirrorNet(nn.Module):
+    """Test scaffolding: a mirror-equivariant stand-in. Objectness and size are 4³ block means,
+    each offset the central difference of the block means along its axis (odd under a flip),
+    so a mirrored input gives the mirrored output with that axis' offset negated."""
+
+    def __init__(self, anchors: int = 3) -> None:
+        super().__init__()
+        self.a = anchors
+
+    def forward(self, x: torch.Tensor, coord: torch.Tensor) -> torch.Tensor:
+        p = nn.functional.avg_pool3d(x, 4)[:, 0]  # (B, d, h, w)
+        diffs = []
+        for axis in (1, 2, 3):
+            n = p.shape[axis]
+            hi = p.index_select(axis, torch.arange(n).add(1).clamp(max=n - 1))
+            lo = p.index_select(axis, torch.arange(n).sub(1).clamp(min=0))
+            diffs.append(hi - lo)
+        out = torch.stack([p, *diffs, 0.5 * p], dim=-1)  # (B, d, h, w, 5)
+        return out[:, :, :, :, None].expand(-1, -1, -1, -1, self.a, -1)
+
+
 def test_tile_spans_cover_the_padded_axis():
     spans = tile_spans(100, 48, 16)
     assert spans == [(0, 48, 0, 40), (32, 48, 8, 40), (64, 48, 8, 48)]
@@ -52,6 +73,25 @@ def test_stitched_tiles_equal_one_whole_pass():
     # and a different lung box changes the output (the location crop is used)
     other = output_map(model, image, cpu_preset(tile_size=32, tile_overlap=16))
     assert not torch.allclose(other, tiled)
+
+
+def test_mirror_tta_maps_every_view_back():
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, (40, 70, 56), dtype=np.uint8)
+    cfg = cpu_preset(tile_size=32, tile_overlap=16)  # several tiles on every axis
+    plain = output_map(_MirrorNet(), image, cfg)
+    # an equivariant network gains nothing from mirroring: every view, flipped back with its
+    # offsets negated, is the plain output (a missing flip-back or sign would break this)
+    tta = output_map(_MirrorNet(), image, cfg.replace(mirror_tta=True))
+    assert plain[..., 2].abs().max() > 0.05 and plain[..., 3].abs().max() > 0.05
+    torch.testing.assert_close(tta, plain, rtol=0, atol=1e-6)
+    # a network that is not equivariant gets the average of four different views
+    torch.manual_seed(0)
+    model = _LocalNet()
+    box = np.array([[0.0, 39.0], [5.0, 60.0], [3.0, 50.0]])
+    local = output_map(model, image, cfg, lung_box=box)
+    local_tta = output_map(model, image, cfg.replace(mirror_tta=True), lung_box=box)
+    assert local_tta.shape == local.shape and not torch.allclose(local_tta, local, atol=1e-3)
 
 
 def test_nnet_tile_differences_are_a_seam_effect_with_voxel_norm():
