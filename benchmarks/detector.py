@@ -107,7 +107,8 @@ def train_rate(
 def inference_time(
     cfg: DetectorConfig, device: torch.device, shape: tuple[int, int, int], repeats: int
 ) -> tuple[float, float]:
-    """(median seconds of :func:`detect` on a synthetic scan of ``shape``, forward FLOPs)."""
+    """(median seconds of :func:`detect` on a synthetic scan of ``shape``, forward FLOPs; four
+    passes with ``mirror_tta``)."""
     torch.manual_seed(0)
     scan = synthetic_scan(np.random.default_rng(0), shape, (10.0, 20.0))
     model = build_nnet(cfg).to(device).eval()
@@ -126,7 +127,7 @@ def inference_time(
         size = tuple(t[1] for t in tile)
         tiles[size] = tiles.get(size, 0) + 1  # type: ignore[index]
     flops = sum(n * _flops(cfg, size, 1, backward=False) for size, n in tiles.items())
-    return statistics.median(times), flops
+    return statistics.median(times), flops * (4 if cfg.mirror_tta else 1)
 
 
 def sampler_rate(cfg: DetectorConfig, shape: tuple[int, int, int], n: int = 20) -> float:
@@ -177,19 +178,20 @@ def main() -> None:
                 f"{100 * rate / bound:.0f}%",
             )
         )
-        sec, flops = inference_time(cfg, cpu, shape, args.repeats)
-        bound_s = flops / cpu_peak
-        print(
-            _row(
-                dev_name,
-                name,
-                f"detect s/scan {'×'.join(map(str, shape))}",
-                f"{sec:.2f}",
-                flops,
-                f"{bound_s:.2f}",
-                f"{100 * bound_s / sec:.0f}%",
+        for tta in (False, True):
+            sec, flops = inference_time(cfg.replace(mirror_tta=tta), cpu, shape, args.repeats)
+            bound_s = flops / cpu_peak
+            print(
+                _row(
+                    dev_name,
+                    name,
+                    f"detect s/scan {'×'.join(map(str, shape))}{', mirrored' if tta else ''}",
+                    f"{sec:.2f}",
+                    flops,
+                    f"{bound_s:.2f}",
+                    f"{100 * bound_s / sec:.0f}%",
+                )
             )
-        )
     items = sampler_rate(preset, (80, 120, 120))
     print(f"| cpu | cpu preset | sampler items/s (1 thread) | {items:.0f} | | | |")
     print(f"| cpu | matmul fp32 2048² | GFLOP/s | {cpu_peak / 1e9:.0f} | | | |")
@@ -212,19 +214,20 @@ def main() -> None:
                 )
             )
         shape = (300, 350, 350)
-        sec, flops = inference_time(paper, gpu, shape, repeats=3)
-        bound_s = flops / peak
-        print(
-            _row(
-                "cuda bf16",
-                "paper (w24, 208³ tiles)",
-                "detect s/scan 300×350×350",
-                f"{sec:.2f}",
-                flops,
-                f"{bound_s:.3f}",
-                f"{100 * bound_s / sec:.0f}%",
+        for tta in (False, True):
+            sec, flops = inference_time(paper.replace(mirror_tta=tta), gpu, shape, repeats=3)
+            bound_s = flops / peak
+            print(
+                _row(
+                    "cuda bf16",
+                    "paper (w24, 208³ tiles)",
+                    f"detect s/scan 300×350×350{', mirrored' if tta else ''}",
+                    f"{sec:.2f}",
+                    flops,
+                    f"{bound_s:.3f}",
+                    f"{100 * bound_s / sec:.0f}%",
+                )
             )
-        )
         print(f"| cuda | matmul bf16 8192² | GFLOP/s | {peak / 1e9:,.0f} | | | |")
     else:
         print("| cuda | — | no CUDA device | — | | | |")

@@ -129,3 +129,24 @@ def test_top_must_be_positive(tmp_path: Path, detected) -> None:
     path, cache, result = detected
     with pytest.raises(ValueError, match="top must be at least 1"):
         detect_site(result.site_dir, path, cache, device="cpu", top=0, progress=False)
+
+
+def test_mirror_tta_override_reaches_site_and_coordinator(detected, tiny_cohort: Path) -> None:
+    """``--mirror-tta`` of ``survfed detect`` and of ``survfed-server evaluate``: both override
+    the detector's own setting, and the two still score the same proposals alike."""
+    from survfed.server.evaluate import evaluate_detector_run
+
+    path, cache, plain = detected
+    run = path.parent.parent
+    site = detect_site(
+        tiny_cohort / "stanford", run, cache, device="cpu", progress=False, mirror_tta=True
+    )
+    central = evaluate_detector_run(
+        run, tiny_cohort / "stanford", cache_dir=cache.parent / "eval-cache", device="cpu",
+        progress=False, mirror_tta=True,
+    ).evaluation  # fmt: skip
+    assert site.evaluation is not None and plain.evaluation is not None
+    assert site.evaluation.metrics.cpm == pytest.approx(central.metrics.cpm)
+    assert site.evaluation.by_size == central.by_size
+    some = next(iter(plain.proposals))
+    assert not np.allclose(site.proposals[some][:7], plain.proposals[some])  # averaged views

@@ -89,13 +89,12 @@ def _tile_output(
     total: torch.Tensor | None = None
     for axes in views:
         dims = [2 + a for a in axes]
-        out = model(x.flip(dims), coord.flip(dims))[0].float() if axes else model(x, coord)[0]
-        if axes:
-            out = out.flip(list(axes))
+        out = (model(x.flip(dims), coord.flip(dims)) if axes else model(x, coord))[0].float()
+        if axes:  # back to the tile's orientation; a flipped axis' offset changes sign
             sign = torch.ones(out.shape[-1], dtype=out.dtype, device=out.device)
             sign[[1 + a for a in axes]] = -1.0  # (logit, dz, dy, dx, dr)
-            out = out * sign
-        total = out.float() if total is None else total + out
+            out = out.flip(list(axes)) * sign
+        total = out if total is None else total + out
     assert total is not None
     return total / len(views)
 
