@@ -44,6 +44,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--cpus-per-site", type=int, default=1, help="CPUs per virtual site")
     parser.add_argument("--gpus-per-site", type=float, default=0.0, help="GPUs per virtual site")
+    parser.add_argument(
+        "--run-timeout-s",
+        type=float,
+        default=86400.0,
+        metavar="S",
+        help="stop the run if it has not finished after S seconds (default 86400, as "
+        "server.toml's run-timeout-s)",
+    )
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.set_defaults(func=run)
 
@@ -101,11 +109,19 @@ def run(args: argparse.Namespace) -> int:
             federation=federation,
             cpus_per_site=args.cpus_per_site,
             gpus_per_site=args.gpus_per_site,
+            timeout_s=args.run_timeout_s,
         )
         outcome = run_simulation(settings, log=log)
     except (ValueError, FileExistsError) as exc:
         print(f"survfed simulate: {exc}", file=sys.stderr)
         return 2
+    except TimeoutError as exc:
+        print(
+            f"survfed simulate: {exc} (--run-timeout-s); the run was stopped, its finished "
+            f"rounds are in {out}",
+            file=sys.stderr,
+        )
+        return 1
     if not outcome.status.endswith("completed") or not outcome.summary:
         print(
             f"survfed simulate: the run ended with status {outcome.status}; SuperLink log in "

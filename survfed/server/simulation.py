@@ -46,20 +46,24 @@ class SimulationSettings:
             see :mod:`survfed.app.config`).
         cpus_per_site, gpus_per_site: resources one virtual site's ClientApp reserves (Ray);
             with 2 CPUs and 1 CPU per site, two sites train at a time.
-        timeout_s: the longest the whole run may take.
+        timeout_s: the longest the whole run may take (a day, as ``run-timeout-s`` of a real
+            federation; a standard-preset run with detector rounds takes over an hour on two
+            CPU cores).
     """
 
     workdir: Path
     federation: Mapping[str, Any]
     cpus_per_site: int = 1
     gpus_per_site: float = 0.0
-    timeout_s: float = 3600.0
+    timeout_s: float = 86400.0
 
     def __post_init__(self) -> None:
         if isinstance(self.cpus_per_site, bool) or int(self.cpus_per_site) != self.cpus_per_site:
             raise ValueError(f"cpus_per_site must be a whole number, got {self.cpus_per_site!r}")
         if self.cpus_per_site < 1 or self.gpus_per_site < 0:
             raise ValueError("cpus_per_site must be >= 1 and gpus_per_site >= 0")
+        if not self.timeout_s > 0:
+            raise ValueError(f"timeout_s (--run-timeout-s) must be > 0, got {self.timeout_s!r}")
 
     def federation_config(self) -> FederationConfig:
         """The typed run config; ``min-sites`` defaults to every virtual site."""

@@ -120,3 +120,23 @@ def test_detector_rounds_then_survival_on_proposals(tiny_cohort: Path, tmp_path:
     surv = summary["history"][1]
     assert surv["sites"] == 2 and surv["n_patients"] == 12  # every patient, annotated or not
     assert summary["evaluations"]["stanford"]["n"] == 6  # held-out crops from proposals too
+
+
+def test_a_run_past_its_timeout_is_stopped_with_a_clear_message(
+    tiny_cohort: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    base = [
+        sys.executable, "-m", "survfed.cli", "simulate", "--cohort", str(tiny_cohort),
+        "--heldout", "stanford", "--out", str(out), "--rounds", "50",
+    ]  # fmt: skip
+    bad = subprocess.run([*base, "--run-timeout-s", "0"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--run-timeout-s" in bad.stderr
+    proc = subprocess.run(
+        [*base, "--run-timeout-s", "3"], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "not finished after 3 s (--run-timeout-s)" in last and str(out) in last
+    assert "Traceback" not in proc.stderr
+    assert not (out / "model.pt").exists()
