@@ -23,7 +23,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from survfed.common.detection.config import DetectorConfig, cpu_preset
-from survfed.common.detection.inference import detect, tile_spans
+from survfed.common.detection.inference import detect, mirror_views, tile_spans
 from survfed.common.detection.loss import nnet_loss
 from survfed.common.detection.nnet import build_nnet
 from survfed.common.detection.sampling import PatchSampler
@@ -127,7 +127,7 @@ def inference_time(
         size = tuple(t[1] for t in tile)
         tiles[size] = tiles.get(size, 0) + 1  # type: ignore[index]
     flops = sum(n * _flops(cfg, size, 1, backward=False) for size, n in tiles.items())
-    return statistics.median(times), flops * (4 if cfg.mirror_tta else 1)
+    return statistics.median(times), flops * len(mirror_views(cfg))
 
 
 def sampler_rate(cfg: DetectorConfig, shape: tuple[int, int, int], n: int = 20) -> float:

@@ -47,7 +47,7 @@ from survfed.common.detection.scan import (
     normalise_intensity,
 )
 
-__all__ = ["decode_proposals", "detect", "output_map", "tile_spans"]
+__all__ = ["decode_proposals", "detect", "mirror_views", "output_map", "tile_spans"]
 
 _MAX_STRIDE = 16
 
@@ -76,8 +76,9 @@ def tile_spans(length: int, tile: int, overlap: int) -> list[tuple[int, int, int
     return spans
 
 
-def _mirrorings(config: DetectorConfig) -> tuple[tuple[int, ...], ...]:
-    """Spatial axes (0 = z, 1 = y, 2 = x) flipped in each test-time view."""
+def mirror_views(config: DetectorConfig) -> tuple[tuple[int, ...], ...]:
+    """Spatial axes (0 = z, 1 = y, 2 = x) flipped in each test-time view: one plain view, or
+    four with ``mirror_tta`` (each costs a network pass)."""
     return ((), (1,), (2,), (1, 2)) if config.mirror_tta else ((),)
 
 
@@ -137,7 +138,7 @@ def output_map(
     s = config.stride
     spans = [tile_spans(n, config.tile_size, config.tile_overlap) for n in image.shape]
     full = tuple(_ceil16(n) // s for n in image.shape)
-    views = _mirrorings(config)
+    views = mirror_views(config)
     result: torch.Tensor | None = None
     was_training = model.training
     model.eval()
