@@ -79,6 +79,9 @@ def test_client_check_refuses_unusable_site(tmp_path: Path) -> None:
     site = tmp_path / "empty"
     (site / "dicom").mkdir(parents=True)
     (site / "clinical.csv").write_text("patient_id,time_days,event\nP1,100,1\n")
-    res = _run(_script("survfed-client"), "--site", "empty", "--data", str(site), "--check")
+    res = _run(
+        _script("survfed-client"), "--site", "empty", "--data", str(site), "--check",
+        "--cache", str(tmp_path / "cache"),
+    )  # fmt: skip
     assert res.returncode == 1
     assert "refusing to start" in res.stderr

@@ -14,6 +14,12 @@ import pytest
 from survfed.client.cli import main
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The client's default cache is ./survfed-cache: keep it out of the checkout."""
+    monkeypatch.chdir(tmp_path)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -24,6 +30,7 @@ def test_check_only_reports_and_exits_zero(site_factory, tmp_path: Path, capsys)
     site = site_factory.make_site(tmp_path / "iowa")
     assert main(["--site", "iowa", "--data", str(site), "--check"]) == 0
     assert "usable" in capsys.readouterr().out.lower()
+    assert (tmp_path / "survfed-cache" / "iowa").is_dir()  # the header cache, by default here
 
 
 def test_refuses_a_site_with_no_usable_patient(site_factory, tmp_path: Path, capsys) -> None:
