@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.survfed-installed
 DEMO_OUT ?= demo-run
 
-.PHONY: setup demo test test-all lint bench clean
+.PHONY: setup demo test test-all lint bench gpu-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,5 +40,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/pooled_heldout.py
 	$(BIN)/python benchmarks/detector.py
 
+gpu-check: $(STAMP)
+	PYTHON=$(BIN)/python bash benchmarks/gpu_check.sh
+
 clean:
-	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache build *.egg-info
+	rm -rf $(VENV) $(DEMO_OUT) gpu-check .pytest_cache build *.egg-info

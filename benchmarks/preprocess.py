@@ -12,6 +12,7 @@ so ~150–300 slices a scan) unless --out holds one, then for each patient times
 and prints a markdown table, with the lung Dice against the generator's truth mask.
 
     python benchmarks/preprocess.py [--out DIR] [--patients 2] [--site stanford] [--spacing 1]
+        [--workers N]
 """
 
 from __future__ import annotations
@@ -59,6 +60,9 @@ def main() -> None:
     parser.add_argument("--site", default="stanford", help="site profile to generate")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--spacing", type=float, default=1.0, help="target spacing, mm")
+    parser.add_argument(
+        "--workers", type=int, default=None, help="processes writing the cohort (default 2)"
+    )
     args = parser.parse_args()
 
     tmp = None
@@ -69,7 +73,12 @@ def main() -> None:
     if not (out / "_truth").exists():
         started = time.perf_counter()
         make_cohort(
-            out, {args.site: args.patients}, seed=args.seed, preset="standard", progress=True
+            out,
+            {args.site: args.patients},
+            seed=args.seed,
+            preset="standard",
+            workers=args.workers,
+            progress=True,
         )
         print(
             f"generated {args.site}:{args.patients} (standard) in "

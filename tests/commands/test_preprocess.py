@@ -87,3 +87,31 @@ def test_site_problems_are_listed(site: Path, tmp_path: Path, capsys) -> None:
     assert main([*args, "--json"]) == 0
     problems = json.loads(capsys.readouterr().out)["site_problems"]
     assert [(p["path"], p["severity"]) for p in problems] == [("dicom/notes.dcm", "error")]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_preprocess_on_cuda_in_worker_processes(site: Path, tmp_path: Path, capsys) -> None:
+    """`--device cuda --workers 2`: each spawned worker uses the GPU, and the cache entries agree
+    with the CPU path's (lung mask Dice >= 0.99, uint8 within one grey level on 99.9 %)."""
+    from survfed.client.preprocess_cache import load_preprocessed
+    from survfed.common.imaging.preprocess import PreprocessConfig
+
+    config = PreprocessConfig(spacing_mm=2.5)
+    caches = {}
+    for device, workers in (("cuda", "2"), ("cpu", "1")):
+        cache = caches[device] = tmp_path / f"cache-{device}"
+        args = ["preprocess", str(site), "--cache", str(cache), "--spacing", "2.5", "--quiet"]
+        assert main([*args, "--device", device, "--workers", workers, "--json"]) == 0
+        data = json.loads(capsys.readouterr().out)
+        assert (data["built"], data["failed"], data["device"]) == (2, 0, device)
+    catalogue = catalogue_site(site)
+    for patient in catalogue.usable_patients:
+        gpu, cpu = (
+            load_preprocessed(catalogue, patient.patient_id, caches[d], config)
+            for d in ("cuda", "cpu")
+        )
+        assert gpu.shape == cpu.shape and gpu.crop_offset == cpu.crop_offset
+        a, b = gpu.lung_mask, cpu.lung_mask
+        assert 2.0 * (a & b).sum() / (a.sum() + b.sum()) >= 0.99
+        assert (np.abs(gpu.image.astype(int) - cpu.image.astype(int)) <= 1).mean() >= 0.999

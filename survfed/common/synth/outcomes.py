@@ -153,14 +153,17 @@ def draw_outcome(
 
 
 def oracle_c_index(time_days: np.ndarray, event: np.ndarray, log_hazards: np.ndarray) -> float:
-    """Harrell's C of the true log-hazards (scikit-survival), NaN without comparable pairs.
+    """Harrell's C of the true log-hazards, NaN without comparable pairs.
+
+    The concordance is :func:`survfed.common.survival.metrics.harrell_c` (scikit-survival's
+    definition, checked against it in the tests), so writing a cohort needs no scikit-survival.
 
     Args:
         time_days: ``(n,)`` observed times.
         event: ``(n,)`` 0/1 event indicators.
         log_hazards: ``(n,)`` risk scores (higher = earlier event).
     """
-    from sksurv.metrics import concordance_index_censored
+    from survfed.common.survival.metrics import harrell_c
 
     time_days = np.asarray(time_days, dtype=np.float64)
     event = np.asarray(event).astype(bool)
@@ -170,9 +173,5 @@ def oracle_c_index(time_days: np.ndarray, event: np.ndarray, log_hazards: np.nda
             "time_days, event and log_hazards must be 1D of equal length, got shapes "
             f"{time_days.shape}, {event.shape}, {log_hazards.shape}"
         )
-    if not event.any():
-        return float("nan")
-    try:
-        return float(concordance_index_censored(event, time_days, log_hazards)[0])
-    except Exception:  # no comparable pairs
-        return float("nan")
+    c = harrell_c(log_hazards, time_days, event)
+    return float("nan") if c is None else c

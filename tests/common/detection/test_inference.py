@@ -156,3 +156,28 @@ def test_detect_on_cpu_returns_sorted_proposals(small_scan):
     assert model.training  # restored
     with pytest.raises(ValueError, match="uint8"):
         detect(model, small_scan.image.astype(np.float32), cfg)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_output_map_matches_the_cpu(small_scan):
+    """The stitched N-Net output on CUDA, in float32 (TF32 off) and under bf16 autocast, is the
+    CPU's float32 output within rounding (float32 far under 1e-3, bf16 operands ~1e-2)."""
+    torch.manual_seed(0)
+    cfg = cpu_preset(width=8, tile_size=32, tile_overlap=16)  # several tiles on every axis
+    model = build_nnet(cfg)
+    reference = output_map(model, small_scan.image, cfg)
+    model = model.cuda()
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        fp32 = output_map(model, small_scan.image, cfg, device="cuda")
+    bf16 = output_map(model, small_scan.image, cfg, device="cuda", amp=True)
+
+    def relative(out: torch.Tensor) -> float:
+        assert out.device.type == "cpu" and out.dtype == torch.float32
+        assert torch.isfinite(out).all()
+        return float((out - reference).norm() / reference.norm())
+
+    assert relative(fp32) < 1e-4
+    assert relative(bf16) < 5e-2
+    proposals = detect(model, small_scan.image, cfg, device="cuda", amp=True)
+    assert proposals.ndim == 2 and proposals.shape[1] == 5 and proposals.shape[0] >= 1

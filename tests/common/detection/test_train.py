@@ -62,6 +62,24 @@ def test_overfits_a_fixed_batch(tiny_scans):
     assert losses[-1] < 0.5 * losses[0], losses
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_bf16_training_overfits_a_fixed_batch(tiny_scans):
+    """The same fixed batch as on the CPU, on CUDA with bf16 autocast: the loss halves."""
+    torch.manual_seed(0)
+    model = build_nnet(TINY).cuda()
+    cfg = TINY.replace(positive_fraction=1.0, resize_range=(1.0, 1.0), flip=False)
+    sampler = PatchSampler(tiny_scans[:1], cfg, seed=0, samples_per_epoch=2)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    stats = [
+        train_detector_epoch(model, sampler, opt, cfg, device="cuda", epoch=0, amp=True)
+        for _ in range(25)
+    ]
+    losses = [s["loss"] for s in stats]
+    assert all(np.isfinite(losses)) and losses[-1] < 0.5 * losses[0], losses
+    assert all(p.device.type == "cuda" and p.dtype == torch.float32 for p in model.parameters())
+
+
 def test_fedprox_term(tiny_scans):
     torch.manual_seed(0)
     model = build_nnet(TINY)

@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# Every GPU test and GPU measurement of survfed in one command, for a GPU machine that may be
+# offline and may be borrowed for a few minutes only.
+#
+#   bash benchmarks/gpu_check.sh [OUT_DIR]            (default: $OUT, else ./gpu-check)
+#
+# Run it from the repository root with the python3 that holds a CUDA build of torch (or set
+# PYTHON). When ./.whl holds wheels (benchmarks/fetch_wheels.sh, run on a machine with internet,
+# puts there the few survfed needs beside torch, NumPy, SciPy, scikit-image and pytest), they
+# are installed with --no-deps into a private folder first, so nothing is downloaded.
+#
+# Steps, each with its own time limit and log OUT_DIR/<step>.log:
+#   env         torch, CUDA device, CuPy, CPU cores
+#   gpu-tests   pytest -m gpu: the CUDA preprocessing path against the CPU path (in worker
+#               processes too), N-Net output on CUDA (fp32, bf16) against the CPU, bf16 detector
+#               and survival training
+#   preprocess  benchmarks/preprocess.py: standard-preset scans (512x512, ~150-300 slices):
+#               DICOM read, CPU path, GPU path, their ratio, DICOM -> cached tensor, agreement
+#   detector    benchmarks/detector.py: N-Net training patches/s and whole-scan inference s
+#               on CPU and CUDA (bf16) against FLOPs / the measured matrix throughput
+# The tables of the last two steps are gathered in OUT_DIR/summary.md and printed last.
+# Limits (seconds) can be changed: GPU_CHECK_LIMITS="env=60 gpu-tests=240 ...".
+set -uo pipefail
+
+cd "$(dirname "$0")/.."
+OUT_DIR=${1:-${OUT:-gpu-check}}
+PY=${PYTHON:-python3}
+WORK=${GPU_CHECK_WORK:-$(mktemp -d /tmp/survfed-gpu-check.XXXXXX)}
+PATIENTS=${GPU_CHECK_PATIENTS:-3}
+mkdir -p "$OUT_DIR" "$WORK"
+SUMMARY="$OUT_DIR/summary.md"
+: >"$SUMMARY"
+export PYTHONUNBUFFERED=1
+
+declare -A LIMIT=([env]=60 [gpu-tests]=240 [preprocess]=300 [detector]=240)
+for pair in ${GPU_CHECK_LIMITS:-}; do LIMIT[${pair%%=*}]=${pair#*=}; done
+
+if compgen -G ".whl/*.whl" >/dev/null; then
+    echo "installing $(ls .whl/*.whl | wc -l) wheel(s) from .whl into $WORK/site"
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+        --target "$WORK/site" .whl/*.whl || { echo "wheel install failed" >&2; exit 1; }
+    export PYTHONPATH="$WORK/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+else
+    export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+fi
+
+# step NAME CMD...: run CMD with NAME's time limit, log to OUT_DIR/NAME.log, record the outcome
+step() {
+    local name=$1 limit=${LIMIT[$1]} start rc
+    shift
+    echo "== $name (limit ${limit} s)"
+    start=$(date +%s)
+    timeout --kill-after=10 "$limit" "$@" >"$OUT_DIR/$name.log" 2>&1
+    rc=$?
+    local took=$(($(date +%s) - start))
+    local what="exit $rc"
+    [ "$rc" -eq 0 ] && what="ok"
+    [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ] && what="stopped at its ${limit} s limit"
+    printf -- "- %s: %s, %d s\n" "$name" "$what" "$took" | tee -a "$OUT_DIR/steps.md"
+    tail -n 5 "$OUT_DIR/$name.log"
+    return 0
+}
+
+: >"$OUT_DIR/steps.md"
+step env "$PY" - <<'EOF'
+import os, platform
+import torch
+print(f"python {platform.python_version()}, torch {torch.__version__}, {os.cpu_count()} CPU cores")
+if torch.cuda.is_available():
+    p = torch.cuda.get_device_properties(0)
+    print(f"CUDA device: {p.name}, {p.total_memory / 2**30:.0f} GiB, {p.multi_processor_count} SMs")
+else:
+    print("no CUDA device: the GPU rows will say so")
+from survfed.common.imaging.preprocess.backend import cupy_backend
+print("CuPy for the component steps:", "yes" if cupy_backend() is not None else "no (CPU)")
+import monai, pydicom, SimpleITK
+print(f"monai {monai.__version__}, pydicom {pydicom.__version__}, SimpleITK {SimpleITK.Version_VersionString()}")
+EOF
+
+step gpu-tests "$PY" -m pytest -m gpu -q -p no:cacheprovider --basetemp "$WORK/pytest" \
+    tests/common/imaging/preprocess/test_pipeline.py \
+    tests/common/detection/test_inference.py \
+    tests/common/detection/test_train.py \
+    tests/common/survival/test_train.py \
+    tests/commands/test_preprocess.py
+
+step preprocess "$PY" benchmarks/preprocess.py --out "$WORK/pp-cohort" \
+    --patients "$PATIENTS" --workers "$PATIENTS"
+
+step detector "$PY" benchmarks/detector.py
+
+{
+    echo "# survfed GPU check, $(date -u +%Y-%m-%dT%H:%MZ)"
+    echo
+    head -n 20 "$OUT_DIR/env.log"
+    echo
+    cat "$OUT_DIR/steps.md"
+    echo
+    echo "## gpu-tests"
+    echo
+    tail -n 15 "$OUT_DIR/gpu-tests.log"
+    echo
+    echo "## preprocess"
+    sed -n '/^CPU: /,$p' "$OUT_DIR/preprocess.log"
+    echo
+    echo "## detector"
+    echo
+    grep -E '^(torch |\|)' "$OUT_DIR/detector.log"
+} >"$SUMMARY"
+echo
+cat "$SUMMARY"
