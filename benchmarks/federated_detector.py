@@ -154,6 +154,11 @@ def main(argv: list[str] | None = None) -> int:
     annotations = _simulate(cohort, out / "fed-annotations", common)
     timings["federated annotation survival"] = time.perf_counter() - t0
     t0 = time.perf_counter()
+    # the pooled arm reads the scans the federation preprocessed (same layout and settings:
+    # the sites' caches next to their folders, the coordinator's held-out cache), so no scan
+    # is preprocessed twice; other settings get a folder of their own there
+    site_caches = cohort / ".survfed-cache"
+    heldout_cache = out / ".fed-detector-cache"
     config = DetectorTrainConfig(
         epochs=args.detector_rounds * args.detector_epochs,
         lr=args.detector_lr,
@@ -165,18 +170,18 @@ def main(argv: list[str] | None = None) -> int:
     else:
         train_pooled_detector(
             [cohort / s for s in sites], out / "pooled-detector", config,
-            cache_dir=out / "pooled-cache", progress=False, overwrite=True,
+            cache_dir=site_caches, progress=False, overwrite=True,
         )  # fmt: skip
     pooled, pooled_other = (
         evaluate_detector_run(
-            out / "pooled-detector", cohort / "heldout", cache_dir=out / "pooled-cache",
+            out / "pooled-detector", cohort / "heldout", cache_dir=heldout_cache,
             progress=False, mirror_tta=tta,
         ).evaluation.to_dict()
         for tta in (args.mirror_tta, not args.mirror_tta)
     )  # fmt: skip
     timings["pooled detector"] = time.perf_counter() - t0
     fed_other = evaluate_detector_run(
-        out / "fed-detector", cohort / "heldout", cache_dir=out / ".fed-detector-cache",
+        out / "fed-detector", cohort / "heldout", cache_dir=heldout_cache,
         progress=False, mirror_tta=not args.mirror_tta,
     ).evaluation.to_dict()  # fmt: skip
 
