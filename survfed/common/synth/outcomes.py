@@ -165,13 +165,5 @@ def oracle_c_index(time_days: np.ndarray, event: np.ndarray, log_hazards: np.nda
     """
     from survfed.common.survival.metrics import harrell_c
 
-    time_days = np.asarray(time_days, dtype=np.float64)
-    event = np.asarray(event).astype(bool)
-    log_hazards = np.asarray(log_hazards, dtype=np.float64)
-    if not (time_days.shape == event.shape == log_hazards.shape and time_days.ndim == 1):
-        raise ValueError(
-            "time_days, event and log_hazards must be 1D of equal length, got shapes "
-            f"{time_days.shape}, {event.shape}, {log_hazards.shape}"
-        )
-    c = harrell_c(log_hazards, time_days, event)
+    c = harrell_c(log_hazards, time_days, event)  # checks the arrays, naming the bad one
     return float("nan") if c is None else c
