@@ -8,6 +8,10 @@
 # The versions are the ones the test suite runs with; --no-deps, so nothing else comes along.
 set -euo pipefail
 
+case "${1:-}" in
+-h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+-*) echo "fetch_wheels.sh: unknown option $1 (usage: [DEST] [PYTHON_VERSION])" >&2; exit 2 ;;
+esac
 cd "$(dirname "$0")/.."
 DEST=${1:-.whl}
 PYVER=${2:-3.12}

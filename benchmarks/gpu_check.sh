@@ -22,6 +22,10 @@
 # Limits (seconds) can be changed: GPU_CHECK_LIMITS="env=60 gpu-tests=240 ...".
 set -uo pipefail
 
+case "${1:-}" in
+-h | --help) sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+-*) echo "gpu_check.sh: unknown option $1 (usage: bash benchmarks/gpu_check.sh [OUT_DIR])" >&2; exit 2 ;;
+esac
 cd "$(dirname "$0")/.."
 OUT_DIR=${1:-${OUT:-gpu-check}}
 PY=${PYTHON:-python3}
@@ -35,14 +39,30 @@ export PYTHONUNBUFFERED=1
 declare -A LIMIT=([env]=60 [gpu-tests]=240 [preprocess]=300 [detector]=240)
 for pair in ${GPU_CHECK_LIMITS:-}; do LIMIT[${pair%%=*}]=${pair#*=}; done
 
-if compgen -G ".whl/*.whl" >/dev/null; then
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+if "$PY" -c "import SimpleITK, pydicom, jpeg_ls, monai" 2>/dev/null; then
+    echo "$PY already holds SimpleITK, pydicom, pyjpegls and MONAI: no wheels needed"
+elif compgen -G ".whl/*.whl" >/dev/null; then
     echo "installing $(ls .whl/*.whl | wc -l) wheel(s) from .whl into $WORK/site"
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
-        --target "$WORK/site" .whl/*.whl || { echo "wheel install failed" >&2; exit 1; }
-    export PYTHONPATH="$WORK/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+        --target "$WORK/site" .whl/*.whl ||
+        { echo "the wheels in .whl do not install for $PY (another Python version?)" >&2; exit 1; }
+    export PYTHONPATH="$WORK/site:$PYTHONPATH"
 else
-    export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+    echo "$PY lacks SimpleITK, pydicom, pyjpegls or MONAI and .whl holds no wheels:" \
+        "run benchmarks/fetch_wheels.sh where there is internet" >&2
+    exit 1
 fi
+
+# timeout puts each step in a process group of its own, which a terminal's Ctrl-C does not
+# reach: stop it (and its worker processes) from here, then stop the check
+CURRENT=
+interrupted() {
+    [ -n "$CURRENT" ] && kill -TERM -- "-$CURRENT" 2>/dev/null
+    echo "gpu check interrupted; the logs so far are in $OUT_DIR" >&2
+    exit 130
+}
+trap interrupted INT TERM
 
 # step NAME CMD...: run CMD with NAME's time limit, log to OUT_DIR/NAME.log, record the outcome
 step() {
@@ -50,8 +70,12 @@ step() {
     shift
     echo "== $name (limit ${limit} s)"
     start=$(date +%s)
-    timeout --kill-after=10 "$limit" "$@" >"$OUT_DIR/$name.log" 2>&1
+    # in the background (with this stdin) so that the trap above runs while it waits
+    timeout --kill-after=10 "$limit" "$@" <&0 >"$OUT_DIR/$name.log" 2>&1 &
+    CURRENT=$!
+    wait "$CURRENT"
     rc=$?
+    CURRENT=
     local took=$(($(date +%s) - start))
     local what="exit $rc"
     [ "$rc" -eq 0 ] && what="ok"
