@@ -6,7 +6,10 @@ ServerApp and ClientApp as a real federation):
 
 1. federated detector rounds, then federated survival rounds on the crops the final detector
    proposes (every patient, annotated or not);
-2. federated survival rounds on annotation crops (no detector);
+2. federated survival rounds on annotation crops, with the same survival model: same encoder,
+   grid and crop size, and with an N-Net encoder the same start, the final federated detector's
+   backbone (``detector-init``; no detector rounds), so the two arms differ only in where the
+   crops are cut;
 3. the pooled detector on the same scans (``survfed train-detector``, rounds x local epochs);
 
 and prints a markdown table: detection metrics on the held-out site (nodules >= 6 mm: CPM,
@@ -27,13 +30,15 @@ or, on sharp 512 x 512 scans (about 9 GB of DICOM files, two to three hours on 2
 
 Heavy on CPUs (about an hour on 2 cores with the defaults; the standard preset's 30 detector
 rounds alone take about 45 minutes, its 90-epoch pooled detector about 30); every step reuses
-what an earlier run of the same ``--out`` left (cohort, preprocessing caches).
+what an earlier run of the same ``--out`` left (cohort, preprocessing caches, and each finished
+run whose settings are unchanged; a run folder with other settings is replaced).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -41,6 +46,20 @@ from pathlib import Path
 
 
 def _simulate(cohort: Path, out: Path, sets: dict[str, object]) -> dict:
+    """``survfed simulate`` into ``out`` with run-config ``sets``; a finished run there with
+    the same settings is reused, any other run folder there is replaced."""
+    summary = out / "summary.json"
+    if summary.is_file():
+        try:
+            saved = json.loads((out / "config.json").read_text())["federation"]
+        except (OSError, ValueError, KeyError):
+            saved = {}
+        if all(saved.get(k) == json.loads(json.dumps(v)) for k, v in sets.items()):
+            print(f"reusing the finished run {out} (same settings)")
+            return json.loads(summary.read_text())
+    if out.exists():
+        print(f"replacing {out}: its run is unfinished or had other settings")
+        shutil.rmtree(out)
     cmd = [
         sys.executable, "-m", "survfed.cli", "simulate", "--cohort", str(cohort),
         "--heldout", "heldout", "--out", str(out), "--json",
@@ -130,6 +149,12 @@ def main(argv: list[str] | None = None) -> int:
         "round-timeout-s": 3600.0 if args.preset == "standard" else 600.0,
     }
     nnet_crops = args.proposal_encoder.startswith("nnet")  # crops on the detector's grid
+    survival_model = {  # the same in both survival arms
+        "encoder": args.proposal_encoder,
+        "spacing-mm": spacing if nnet_crops else 1.0,
+        "crop-size": 32,
+    }
+    detector = {"detector-preset": "cpu", "detector-spacing-mm": spacing}
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     with_detector = _simulate(
@@ -137,21 +162,27 @@ def main(argv: list[str] | None = None) -> int:
         out / "fed-detector",
         {
             **common,
+            **survival_model,
+            **detector,
             "detector-rounds": args.detector_rounds,
             "detector-local-epochs": args.detector_epochs,
-            "detector-preset": "cpu",
             "detector-eval-every": args.detector_rounds,
             "detector-lr": args.detector_lr,
-            "detector-spacing-mm": spacing,
             "detector-mirror-tta": args.mirror_tta,
-            "encoder": args.proposal_encoder,
-            "spacing-mm": spacing if nnet_crops else 1.0,
-            "crop-size": 32,
         },
     )
     timings["federated detector + proposal survival"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    annotations = _simulate(cohort, out / "fed-annotations", common)
+    annotation_sets: dict[str, object] = {**common, **survival_model, "crop-source": "annotations"}
+    if nnet_crops:  # the same start as the proposal arm: the federated detector's backbone
+        annotation_sets |= {
+            **detector,
+            "detector-init": str(out / "fed-detector"),
+            "detector-mirror-tta": False,  # its proposals are not used here
+            # the held-out scans the first run preprocessed on the detector's grid
+            "eval-cache-dir": str(out / ".fed-detector-cache"),
+        }
+    annotations = _simulate(cohort, out / "fed-annotations", annotation_sets)
     timings["federated annotation survival"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     # the pooled arm reads the scans the federation preprocessed (same layout and settings:
@@ -214,7 +245,12 @@ def main(argv: list[str] | None = None) -> int:
     if oracle is not None:
         print(f"| oracle (true log-hazard) | {oracle:.3f} | |")
     share = gap_det / gap_ann if gap_ann > 0 else float("nan")
-    print(f"\nproposal model's gap to 0.5 / annotation model's: {share:.2f}\n")
+    print(f"\nproposal model's gap to 0.5 / annotation model's: {share:.2f}")
+    start = ", both started from the federated detector's backbone" if nnet_crops else ""
+    print(
+        f"(both models: encoder {args.proposal_encoder}, {survival_model['crop-size']}-voxel "
+        f"crops on a {survival_model['spacing-mm']:g} mm grid{start})\n"
+    )
     for name, seconds in timings.items():
         print(f"- {name}: {seconds:.0f} s")
     return 0

@@ -33,8 +33,11 @@ Run config keys (all optional except ``run-dir``)::
                                   # (encoder "nnet"/"nnet-small" starts from the detector)
     cox-weight = 1.0  bce-weight = 1.0  ties = "efron"
     detector-rounds = 0           # N-Net detector rounds before the survival rounds (0 = none)
+    detector-init = ""            # absolute path (coordinator): a detector.pt, or a run folder
+                                  # holding one; detector rounds start from it, and with
+                                  # detector-rounds = 0 it is the run's detector as it is
     crop-source = "detector"      # survival crops from: "detector" proposals (default with
-                                  # detector rounds) or "annotations" (nodules.csv)
+                                  # a detector) or "annotations" (nodules.csv)
     detector-eval-every = 1       # held-out detection metrics every N detector rounds
     detector-preset = "paper"     # "paper" (1 mm, 128^3 patches, width 24) or "cpu" (small)
     detector-width = 0  detector-patch-size = 0  detector-spacing-mm = 0.0
@@ -118,6 +121,7 @@ _FED_KEYS = (
     "sim-cohort",
     "sim-sites",
     "detector-rounds",
+    "detector-init",
     "crop-source",
     "detector-eval-every",
     "detector-preset",
@@ -208,8 +212,12 @@ class FederationConfig:
             ``eval_cohorts``, sorted by name.
         train: model, loss and optimiser settings; ``train.epochs`` = local epochs per round.
         detector_rounds: N-Net detector rounds run before the survival rounds (0 = none).
+        detector_init: a detector file (or a run folder holding one) on the coordinator: the
+            detector rounds start from its weights instead of a random N-Net, and with no
+            detector rounds it is the run's detector as it is (proposals, ``nnet`` encoders).
+            ``""`` = none.
         crop_source: ``"annotations"`` (survival crops at ``nodules.csv`` nodules) or
-            ``"detector"`` (at the final global detector's top-k proposals; every usable
+            ``"detector"`` (at the run's detector's top-k proposals; every usable
             patient then takes part, annotated or not).
         detector_eval_every: held-out detection metrics after every N-th detector round (and
             the last).
@@ -236,6 +244,7 @@ class FederationConfig:
     sim_sites: tuple[str, ...] = ()
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=1))
     detector_rounds: int = 0
+    detector_init: str = ""
     crop_source: str = "annotations"
     detector_eval_every: int = 1
     detector_preset: str = "paper"
@@ -254,12 +263,19 @@ class FederationConfig:
             raise ValueError(f"run-dir must be an absolute path, got {self.run_dir!r}")
         if self.crop_source not in CROP_SOURCES:
             raise ValueError(f"crop-source must be one of {CROP_SOURCES}, got {self.crop_source!r}")
-        if self.crop_source == "detector" and self.detector_rounds < 1:
-            raise ValueError("crop-source 'detector' needs detector-rounds >= 1")
+        if self.detector_init and not Path(self.detector_init).is_absolute():
+            raise ValueError(f"detector-init must be an absolute path, got {self.detector_init!r}")
+        if self.crop_source == "detector" and not self.has_detector:
+            raise ValueError("crop-source 'detector' needs detector-rounds >= 1 or detector-init")
         if self.detector_preset not in DETECTOR_PRESETS:
             raise ValueError(
                 f"detector-preset must be one of {DETECTOR_PRESETS}, got {self.detector_preset!r}"
             )
+
+    @property
+    def has_detector(self) -> bool:
+        """Whether the run has a detector stage (detector rounds, or a detector to start from)."""
+        return self.detector_rounds > 0 or bool(self.detector_init)
 
     @property
     def local_epochs(self) -> int:
@@ -326,7 +342,8 @@ class FederationConfig:
                 "detector": det_fields,
             }
         )
-        default_source = "detector" if detector_rounds > 0 else "annotations"
+        detector_init = _str(data, "detector-init", "")
+        default_source = "detector" if detector_rounds > 0 or detector_init else "annotations"
         return cls(
             num_server_rounds=_int(data, "num-server-rounds", 5, 1),
             strategy=_str(data, "strategy", "fedavg").lower(),
@@ -346,6 +363,7 @@ class FederationConfig:
             sim_sites=_list(data, "sim-sites"),
             train=train,
             detector_rounds=detector_rounds,
+            detector_init=detector_init,
             crop_source=_str(data, "crop-source", default_source).lower(),
             detector_eval_every=_int(data, "detector-eval-every", 1, 1),
             detector_preset=preset,
@@ -377,6 +395,7 @@ class FederationConfig:
             "hu-low": t.model.hu_window[0],
             "hu-high": t.model.hu_window[1],
             "detector-rounds": self.detector_rounds,
+            "detector-init": self.detector_init,
             "crop-source": self.crop_source,
             "detector-eval-every": self.detector_eval_every,
             "detector-preset": self.detector_preset,

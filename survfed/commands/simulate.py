@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
             timeout_s=args.run_timeout_s,
         )
         outcome = run_simulation(settings, log=log)
-    except (ValueError, FileExistsError) as exc:
+    except (ValueError, FileExistsError, FileNotFoundError) as exc:
         print(f"survfed simulate: {exc}", file=sys.stderr)
         return 2
     except TimeoutError as exc:

@@ -9,6 +9,12 @@ annotations answer with zero examples and are simply not averaged in. After ever
 ``RUN/detector/detector.pt``, with ``eval-<cohort>/`` reports (FROC, CPM, top-5 recall).
 A resumed run whose detector stage had finished reloads ``detector.pt`` and goes on.
 
+With ``detector-init`` the rounds start from that detector's weights instead of a random N-Net
+(:func:`initial_detector_state`, which checks that it fits the run's settings); with
+``detector-init`` and no detector rounds the stage only copies it to ``RUN/detector/detector.pt``
+and scores it, so a survival federation can use a detector trained before (pooled, or by an
+earlier federation) without training it again.
+
 :func:`query_proposals` then sends the final detector to every site once; each proposes
 nodules in all of its usable patients and cuts the survival crops there (only counts come back).
 """
@@ -31,6 +37,7 @@ from survfed.client.local_detection import detector_id, load_detector_state
 from survfed.common.config import resolve_device
 from survfed.common.detection.nnet import build_nnet
 from survfed.common.detection.train import load_detector, save_detector
+from survfed.common.run_folder import find_detector
 from survfed.common.survival.plots import plot_metric_history
 from survfed.server.detector_eval import (
     DetectorEvaluation,
@@ -41,7 +48,13 @@ from survfed.server.detector_eval import (
 )
 from survfed.server.rounds import StageResult, run_rounds
 
-__all__ = ["DETECTOR_DIR", "DetectorStage", "query_proposals", "run_detector_stage"]
+__all__ = [
+    "DETECTOR_DIR",
+    "DetectorStage",
+    "initial_detector_state",
+    "query_proposals",
+    "run_detector_stage",
+]
 
 DETECTOR_DIR = "detector"
 """``RUN/detector/``: the detector stage's folder."""
@@ -57,7 +70,9 @@ class DetectorStage:
         detector_id: their id (the sites key their proposal crops by it).
         evaluations: held-out cohort → detection metrics of the final detector.
         held_out: the held-out cohorts' preprocessed scans (for the survival crops).
-        rounds: the stage's history (``None`` when it had finished before a resume).
+        rounds: the stage's history (``None`` when it had finished before a resume, or when
+            the run has no detector rounds).
+        init: the detector file the stage started from (``detector-init``), if any.
     """
 
     state: dict[str, torch.Tensor]
@@ -65,6 +80,7 @@ class DetectorStage:
     evaluations: dict[str, DetectorEvaluation]
     held_out: list[HeldOutScans]
     rounds: StageResult | None
+    init: str | None = None
 
     def summary(self) -> dict[str, Any]:
         """JSON-able: id, final metrics per cohort, averaged rounds."""
@@ -72,6 +88,7 @@ class DetectorStage:
             "detector_id": self.detector_id,
             "evaluations": {k: v.to_dict() for k, v in self.evaluations.items()},
             "averaged_rounds": self.rounds.averaged_rounds if self.rounds else None,
+            "init": self.init,
         }
 
 
@@ -86,6 +103,49 @@ def _flat(evaluations: Mapping[str, DetectorEvaluation]) -> dict[str, Any]:
         for rate, sens in m.sensitivities.items():
             row[f"{prefix}sens_{rate:g}"] = sens
     return row
+
+
+# settings a detector's weights only mean something under: the architecture, the grid its
+# voxels are on, and the anchors its outputs are relative to
+_INIT_FIELDS = ("width", "norm", "anchors_mm", "spacing_mm")
+
+
+def initial_detector_state(fed: FederationConfig) -> tuple[dict[str, torch.Tensor], str | None]:
+    """The detector stage's round-0 weights and the file they came from.
+
+    Without ``detector-init``: a fresh N-Net built under ``torch.manual_seed(seed)`` (as the
+    pooled detector) and ``None``. With it: that file's weights (``detector-init`` may name the
+    file or a run folder holding ``detector.pt`` or ``detector/detector.pt``).
+
+    Raises:
+        FileNotFoundError: ``detector-init`` names neither a detector file nor a run folder
+            holding one.
+        ValueError: the file is not a survfed detector, or its architecture, grid or anchors
+            differ from the run's (the message names the file, each setting and both values).
+    """
+    config = fed.detector.detector
+    if not fed.detector_init:
+        torch.manual_seed(fed.detector.seed)
+        return build_nnet(config).state_dict(), None
+    given = Path(fed.detector_init)
+    path = find_detector(given) if given.is_dir() else given
+    if path is None or not path.is_file():
+        raise FileNotFoundError(
+            f"detector-init: {given} is neither a detector file nor a run folder holding "
+            "detector.pt or detector/detector.pt"
+        )
+    model, saved = load_detector(path)
+    differ = [
+        f"{name}: file {getattr(saved, name)!r}, run {getattr(config, name)!r}"
+        for name in _INIT_FIELDS
+        if getattr(saved, name) != getattr(config, name)
+    ]
+    if differ:
+        raise ValueError(
+            f"detector-init: {path} does not fit this run's detector ({'; '.join(differ)}); "
+            "set the run's detector-preset / detector-width / detector-spacing-mm to the file's"
+        )
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}, str(path)
 
 
 def run_detector_stage(
@@ -111,13 +171,19 @@ def run_detector_stage(
         )
     model_path = folder / "detector.pt"
     rounds: StageResult | None = None
+    init = fed.detector_init or None
     if model_path.is_file() and fed.resume:
         model, _ = load_detector(model_path, map_location=device)
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         log(f"detector stage already finished: {model_path}")
+    elif fed.detector_rounds == 0:  # detector-init as it is: kept in the run folder
+        state, init = initial_detector_state(fed)
+        save_detector(model_path, load_detector_state(state, config, "cpu"), config.detector)
+        log(f"detector from {init} (no detector rounds), copied to {model_path}")
     else:
-        torch.manual_seed(config.seed)
-        initial = build_nnet(config.detector).state_dict()
+        initial, init = initial_detector_state(fed)
+        if init is not None:
+            log(f"detector rounds start from {init}")
         every = fed.detector_eval_every
 
         def evaluate(rnd: int, weights: dict[str, torch.Tensor]) -> dict[str, Any]:
@@ -160,7 +226,7 @@ def run_detector_stage(
         loss_rows = [r for r in rounds.history if r.get("det_loss") is not None]
         if loss_rows:
             plot_metric_history(loss_rows, ["det_loss", "det_cls", "det_reg"], folder / "train.png")
-    stage = DetectorStage(state, detector_id(state), evaluations, held, rounds)
+    stage = DetectorStage(state, detector_id(state), evaluations, held, rounds, init)
     (folder / "summary.json").write_text(json.dumps(stage.summary(), indent=2, default=str))
     return stage
 

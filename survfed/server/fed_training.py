@@ -4,10 +4,10 @@
 
 1. reads or creates the run folder (``config.json``); with ``resume`` it continues from the
    latest checkpoints, otherwise it refuses a folder that already holds one;
-2. with ``detector-rounds`` > 0, runs the detector stage (:mod:`survfed.server.fed_detector`,
-   ``RUN/detector/``) and, for ``crop-source = "detector"``, has every site cut its survival
-   crops at the final detector's proposals (the held-out cohorts' crops are cut the same way
-   here);
+2. with ``detector-rounds`` > 0 or ``detector-init``, runs the detector stage
+   (:mod:`survfed.server.fed_detector`, ``RUN/detector/``) and, for ``crop-source =
+   "detector"``, has every site cut its survival crops at the final detector's proposals (the
+   held-out cohorts' crops are cut the same way here);
 3. runs the survival rounds (:func:`survfed.server.rounds.run_rounds`): after every round the
    global model is scored on the held-out cohorts (cheap bootstrap), a row is appended to
    ``metrics.csv`` and the round's checkpoint written atomically;
@@ -158,7 +158,7 @@ def _held_out(
 ) -> tuple[list[HeldOutCohort], str, Any]:
     """The detector stage when configured; the held-out survival cohorts, the crop source and
     the stage (``None`` without detector rounds)."""
-    if fed.detector_rounds == 0:
+    if not fed.has_detector:
         return load_held_out(fed.eval_cohorts, cache, fed.train.model), ANNOTATIONS, None
     from survfed.client.local_detection import load_detector_state
     from survfed.common.config import resolve_device
@@ -202,7 +202,7 @@ def run_federated_training(
         "federation": fed.to_run_config(),
         "train": fed.train.to_dict(),
     }
-    if fed.detector_rounds:
+    if fed.has_detector:
         config["detector"] = fed.detector.to_dict()
     run.write_json("config.json", config)
     identity = dict(app_identity(APP_NAME))

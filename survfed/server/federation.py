@@ -436,6 +436,12 @@ def run_federation(
     else:
         TlsFiles.from_dir(settings.pki_dir).check()
     fed = settings.federation_config()
+    if fed.detector_init:  # a wrong file fails now, not after the sites' first round
+        from survfed.server.fed_detector import initial_detector_state
+
+        _, init = initial_detector_state(fed)
+        what = "the detector rounds start from" if fed.detector_rounds else "the run's detector is"
+        log(f"detector-init: {what} {init}")
     if not resume and (fed.run_path / "checkpoint" / "latest.json").exists():
         raise FileExistsError(
             f"run folder {fed.run_path} already holds a checkpoint: pass --resume "

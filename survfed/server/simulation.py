@@ -90,6 +90,12 @@ def run_simulation(
 ) -> RunOutcome:
     """Start a simulation SuperLink, run the federation to the end, stop everything."""
     fed = settings.federation_config()
+    if fed.detector_init:  # a wrong file fails now, not after the sites' first round
+        from survfed.server.fed_detector import initial_detector_state
+
+        _, init = initial_detector_state(fed)
+        what = "the detector rounds start from" if fed.detector_rounds else "the run's detector is"
+        log(f"detector-init: {what} {init}")
     sites = simulation_sites(fed)
     if not sites:
         raise ValueError(f"sim-cohort {fed.sim_cohort} holds no training site folder")

@@ -66,11 +66,22 @@ def test_defaults_match_the_pooled_train_config() -> None:
         ({"fraction-train": 1.5}, "fraction-train"),
         ({"lr": "fast"}, "lr"),
         ({"detector-mirror-tta": "yes"}, "'detector-mirror-tta' must be true or false"),
+        ({"detector-init": "runs/fed"}, "detector-init must be an absolute path"),
+        ({"crop-source": "detector"}, "needs detector-rounds >= 1 or detector-init"),
     ],
 )
 def test_bad_values_are_refused_with_the_key_name(data: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         FederationConfig.from_run_config(data)
+
+
+def test_a_detector_to_start_from_makes_a_detector_stage_without_rounds() -> None:
+    cfg = FederationConfig.from_run_config({"detector-init": "/srv/runs/pooled"})
+    assert cfg.has_detector and cfg.detector_rounds == 0
+    assert cfg.crop_source == "detector"  # the default once there is a detector
+    assert FederationConfig.from_run_config(cfg.to_run_config()) == cfg
+    plain = FederationConfig.from_run_config({})
+    assert not plain.has_detector and plain.crop_source == "annotations"
 
 
 def test_site_context_from_deployment_node_config(tmp_path: Path) -> None:

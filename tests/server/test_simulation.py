@@ -121,6 +121,31 @@ def test_detector_rounds_then_survival_on_proposals(tiny_cohort: Path, tmp_path:
     assert surv["sites"] == 2 and surv["n_patients"] == 12  # every patient, annotated or not
     assert summary["evaluations"]["stanford"]["n"] == 6  # held-out crops from proposals too
 
+    # a second federation reuses that detector as it is (detector-init, no detector rounds)
+    again = tmp_path / "again"
+    init = out / "detector" / "detector.pt"
+    cmd2 = [*cmd[: cmd.index("--out") + 1], str(again), *cmd[cmd.index("--out") + 2 :]]
+    cmd2[cmd2.index("detector-rounds=1")] = "detector-rounds=0"
+    cmd2 += [
+        "--set",
+        f"detector-init='{out}'",
+        "--set",
+        f"eval-cache-dir='{tmp_path / '.run-cache'}'",
+    ]
+    proc = subprocess.run(cmd2, capture_output=True, text=True, timeout=900, check=False)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    reused = json.loads(proc.stdout)
+    assert reused["detector"]["init"] == str(init)
+    assert reused["detector"]["detector_id"] == detector_id  # the same weights
+    assert reused["detector"]["averaged_rounds"] is None  # no detector round ran
+    assert not (again / "detector" / "metrics.csv").exists()
+    assert (again / "detector" / "detector.pt").is_file()  # the run folder keeps its detector
+    first_det = summary["detector"]["evaluations"]["stanford"]
+    assert reused["detector"]["evaluations"]["stanford"]["cpm"] == first_det["cpm"]
+    assert reused["crop_source"] == summary["crop_source"]
+    assert reused["history"][1]["n_patients"] == 12
+    assert f"detector-init: the run's detector is {init}" in proc.stderr
+
 
 def test_a_run_past_its_timeout_is_stopped_with_a_clear_message(
     tiny_cohort: Path, tmp_path: Path
