@@ -56,7 +56,7 @@ def _simulate(cohort: Path, out: Path, sets: dict[str, object]) -> dict:
             saved = {}
         if all(saved.get(k) == json.loads(json.dumps(v)) for k, v in sets.items()):
             print(f"reusing the finished run {out} (same settings)")
-            return json.loads(summary.read_text())
+            return {**json.loads(summary.read_text()), "reused": True}
     if out.exists():
         print(f"replacing {out}: its run is unfinished or had other settings")
         shutil.rmtree(out)
@@ -70,6 +70,14 @@ def _simulate(cohort: Path, out: Path, sets: dict[str, object]) -> dict:
     if proc.returncode != 0:
         raise RuntimeError(f"survfed simulate failed:\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout)
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _ci(interval: list[float] | None) -> str:
+    return f"[{_fmt(interval[0])}, {_fmt(interval[1])}]" if interval else ""
 
 
 def _reusable(run: Path, settings: dict) -> bool:
@@ -196,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         detector=cpu_preset(spacing_mm=spacing),
     )
-    if _reusable(out / "pooled-detector", config.to_dict()):
+    pooled_reused = _reusable(out / "pooled-detector", config.to_dict())
+    if pooled_reused:
         print(f"reusing the pooled detector in {out / 'pooled-detector'} (same settings)")
     else:
         train_pooled_detector(
@@ -210,7 +219,9 @@ def main(argv: list[str] | None = None) -> int:
         ).evaluation.to_dict()
         for tta in (args.mirror_tta, not args.mirror_tta)
     )  # fmt: skip
-    timings["pooled detector"] = time.perf_counter() - t0
+    timings["pooled detector" + (" (reused; its scoring)" if pooled_reused else "")] = (
+        time.perf_counter() - t0
+    )
     fed_other = evaluate_detector_run(
         out / "fed-detector", cohort / "heldout", cache_dir=heldout_cache,
         progress=False, mirror_tta=not args.mirror_tta,
@@ -219,7 +230,6 @@ def main(argv: list[str] | None = None) -> int:
     fed = with_detector["detector"]["evaluations"]["heldout"]
     surv_det = with_detector["evaluations"]["heldout"]
     surv_ann = annotations["evaluations"]["heldout"]
-    oracle = surv_ann.get("oracle_c_index")
     gap_det, gap_ann = surv_det["c_index"] - 0.5, surv_ann["c_index"] - 0.5
     print(f"\n### seed {args.seed}, {args.preset} preset, sites {args.sites}, held-out "
           f"{args.heldout}, detector grid {spacing:g} mm\n")  # fmt: skip
@@ -238,12 +248,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {label} | {f['top_k']}/{f['n']} | {p['top_k']}/{p['n']} |")
     ratio = fed["cpm"] / pooled["cpm"] if pooled["cpm"] else float("nan")
     print(f"\nfederated CPM / pooled CPM: {ratio:.2f}\n")
-    print("| federated survival model | held-out C-index | n |")
-    print("|---|---:|---:|")
-    print(f"| crops at the detector's proposals | {surv_det['c_index']:.3f} | {surv_det['n']} |")
-    print(f"| crops at the annotations | {surv_ann['c_index']:.3f} | {surv_ann['n']} |")
-    if oracle is not None:
-        print(f"| oracle (true log-hazard) | {oracle:.3f} | |")
+    print("| federated survival model | held-out C-index [95% CI] | n | oracle on those |")
+    print("|---|---:|---:|---:|")
+    for name, ev in (("crops at the detector's proposals", surv_det),
+                     ("crops at the annotations", surv_ann)):  # fmt: skip
+        print(f"| {name} | {ev['c_index']:.3f} {_ci(ev.get('c_index_ci'))} | {ev['n']} "
+              f"| {_fmt(ev.get('oracle_c_index'))} |")  # fmt: skip
     share = gap_det / gap_ann if gap_ann > 0 else float("nan")
     print(f"\nproposal model's gap to 0.5 / annotation model's: {share:.2f}")
     start = ", both started from the federated detector's backbone" if nnet_crops else ""
@@ -251,8 +261,12 @@ def main(argv: list[str] | None = None) -> int:
         f"(both models: encoder {args.proposal_encoder}, {survival_model['crop-size']}-voxel "
         f"crops on a {survival_model['spacing-mm']:g} mm grid{start})\n"
     )
+    reused = {
+        "federated detector + proposal survival": "reused" in with_detector,
+        "federated annotation survival": "reused" in annotations,
+    }
     for name, seconds in timings.items():
-        print(f"- {name}: {seconds:.0f} s")
+        print(f"- {name}: " + ("reused" if reused.get(name) else f"{seconds:.0f} s"))
     return 0
 
 
