@@ -33,7 +33,7 @@ Run config keys (all optional except ``run-dir``)::
                                   # (encoder "nnet"/"nnet-small" starts from the detector)
     cox-weight = 1.0  bce-weight = 1.0  ties = "efron"
     detector-rounds = 0           # N-Net detector rounds before the survival rounds (0 = none)
-    detector-init = ""            # absolute path (coordinator): a detector.pt, or a run folder
+    detector-init = ""            # coordinator path: a detector.pt, or a run folder
                                   # holding one; detector rounds start from it, and with
                                   # detector-rounds = 0 it is the run's detector as it is
     crop-source = "detector"      # survival crops from: "detector" proposals (default with
@@ -71,6 +71,7 @@ __all__ = [
     "STRATEGIES",
     "FederationConfig",
     "SiteContext",
+    "resolve_path_keys",
     "simulation_sites",
     "site_context",
 ]
@@ -146,6 +147,24 @@ _DETECTOR_MODEL_KEYS = {
 KNOWN_KEYS = frozenset(_FED_KEYS) | frozenset(_TRAIN_KEYS)
 CROP_SOURCES = ("annotations", "detector")
 DETECTOR_PRESETS = ("paper", "cpu")
+
+
+PATH_KEYS = ("eval-cohorts", "eval-cache-dir", "detector-init")
+"""Run-config keys holding coordinator paths (``eval-cohorts``: comma-separated)."""
+
+
+def resolve_path_keys(data: Mapping[str, Any], root: Path) -> dict[str, Any]:
+    """``data`` with the relative paths of :data:`PATH_KEYS` made absolute under ``root``
+    (``~`` expanded); the ServerApp runs in another working directory, so a relative path
+    would mean something else there."""
+    out = dict(data)
+    for key in PATH_KEYS:
+        value = out.get(key)
+        if not isinstance(value, str) or not value.strip():
+            continue
+        paths = [Path(v.strip()).expanduser() for v in value.split(",") if v.strip()]
+        out[key] = ",".join(str(p if p.is_absolute() else root / p) for p in paths)
+    return out
 
 
 def _int(data: Mapping[str, Any], key: str, default: int, minimum: int) -> int:

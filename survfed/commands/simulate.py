@@ -70,6 +70,7 @@ def _overrides(pairs: list[str]) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from survfed.app.config import resolve_path_keys
     from survfed.server.federation import install_stop_signals
     from survfed.server.simulation import SimulationSettings, run_simulation
 
@@ -102,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
             "num-server-rounds": args.rounds,
             "local-epochs": args.local_epochs,
             "strategy": args.strategy,
-            **_overrides(args.set),
+            **resolve_path_keys(_overrides(args.set), Path.cwd()),
         }
         settings = SimulationSettings(
             workdir=out.parent / f".{out.name}-simulation",

@@ -44,7 +44,7 @@ from typing import Any
 import tomli_w
 
 from survfed import __version__
-from survfed.app.config import FederationConfig
+from survfed.app.config import FederationConfig, resolve_path_keys
 from survfed.server.control_guard import DEFAULT_ALLOW
 from survfed.server.fed_training import SITES_FILE
 from survfed.server.flwr_home import (
@@ -164,7 +164,7 @@ def read_settings(
         control_allow=tuple(server.get("control-allow", DEFAULT_ALLOW)),
         run_timeout_s=float(server.get("run-timeout-s", 86400.0)),
         sites={str(k): resolve(v) for k, v in dict(data.get("sites", {})).items()},
-        federation=dict(data.get("federation", {})),
+        federation=resolve_path_keys(dict(data.get("federation", {})), base),
         insecure=insecure,
     )
 

@@ -165,3 +165,18 @@ def test_a_run_past_its_timeout_is_stopped_with_a_clear_message(
     assert "not finished after 3 s (--run-timeout-s)" in last and str(out) in last
     assert "Traceback" not in proc.stderr
     assert not (out / "model.pt").exists()
+
+
+def test_a_wrong_detector_init_stops_before_the_superlink(
+    tiny_cohort: Path, tmp_path: Path
+) -> None:
+    cmd = [
+        sys.executable, "-m", "survfed.cli", "simulate", "--cohort", str(tiny_cohort),
+        "--heldout", "stanford", "--out", str(tmp_path / "run"),
+        "--set", "detector-init='runs/nowhere'", "--set", "detector-preset='cpu'",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert f"detector-init: {tmp_path / 'runs' / 'nowhere'} is neither" in proc.stderr
+    assert "Traceback" not in proc.stderr and "simulation:" not in proc.stdout
+    assert not (tmp_path / "run" / "config.json").exists()
