@@ -64,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--no-preprocess",
         action="store_true",
-        help="skip the lung preprocessing for the detector (federations without detector rounds)",
+        help="skip the lung preprocessing for the detector (federations without a detector: "
+        "no detector rounds and no detector-init)",
     )
     parser.add_argument("--workers", type=int, default=1, help="preprocessing worker processes")
     parser.add_argument("--device", default="auto", help="preprocessing device: auto, cpu, cuda")

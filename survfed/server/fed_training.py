@@ -157,7 +157,7 @@ def _held_out(
     log: Callable[[str], None],
 ) -> tuple[list[HeldOutCohort], str, Any]:
     """The detector stage when configured; the held-out survival cohorts, the crop source and
-    the stage (``None`` without detector rounds)."""
+    the stage (``None`` without a detector)."""
     if not fed.has_detector:
         return load_held_out(fed.eval_cohorts, cache, fed.train.model), ANNOTATIONS, None
     from survfed.client.local_detection import load_detector_state
