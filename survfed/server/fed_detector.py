@@ -51,6 +51,7 @@ from survfed.server.rounds import StageResult, run_rounds
 __all__ = [
     "DETECTOR_DIR",
     "DetectorStage",
+    "check_detector_init",
     "initial_detector_state",
     "query_proposals",
     "run_detector_stage",
@@ -146,6 +147,14 @@ def initial_detector_state(fed: FederationConfig) -> tuple[dict[str, torch.Tenso
             "set the run's detector-preset / detector-width / detector-spacing-mm to the file's"
         )
     return {k: v.detach().cpu() for k, v in model.state_dict().items()}, str(path)
+
+
+def check_detector_init(fed: FederationConfig, log: Callable[[str], None]) -> None:
+    """Check ``detector-init`` before a run starts (raises as :func:`initial_detector_state`)
+    and say what the run will do with it."""
+    _, init = initial_detector_state(fed)
+    what = "the detector rounds start from" if fed.detector_rounds else "the run's detector is"
+    log(f"detector-init: {what} {init}")
 
 
 def run_detector_stage(

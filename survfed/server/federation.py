@@ -437,11 +437,9 @@ def run_federation(
         TlsFiles.from_dir(settings.pki_dir).check()
     fed = settings.federation_config()
     if fed.detector_init:  # a wrong file fails now, not after the sites' first round
-        from survfed.server.fed_detector import initial_detector_state
+        from survfed.server.fed_detector import check_detector_init
 
-        _, init = initial_detector_state(fed)
-        what = "the detector rounds start from" if fed.detector_rounds else "the run's detector is"
-        log(f"detector-init: {what} {init}")
+        check_detector_init(fed, log)
     if not resume and (fed.run_path / "checkpoint" / "latest.json").exists():
         raise FileExistsError(
             f"run folder {fed.run_path} already holds a checkpoint: pass --resume "

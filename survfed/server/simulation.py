@@ -91,11 +91,9 @@ def run_simulation(
     """Start a simulation SuperLink, run the federation to the end, stop everything."""
     fed = settings.federation_config()
     if fed.detector_init:  # a wrong file fails now, not after the sites' first round
-        from survfed.server.fed_detector import initial_detector_state
+        from survfed.server.fed_detector import check_detector_init
 
-        _, init = initial_detector_state(fed)
-        what = "the detector rounds start from" if fed.detector_rounds else "the run's detector is"
-        log(f"detector-init: {what} {init}")
+        check_detector_init(fed, log)
     sites = simulation_sites(fed)
     if not sites:
         raise ValueError(f"sim-cohort {fed.sim_cohort} holds no training site folder")
