@@ -110,6 +110,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--detector-epochs", type=int, default=3)
     parser.add_argument("--detector-lr", type=float, default=2e-3, help="both detectors' AdamW lr")
     parser.add_argument(
+        "--detector-average-last",
+        type=float,
+        default=None,
+        help="both detectors' tail average: the mean of the last share of the rounds (epochs) "
+        "(default: survfed's, 0 = the last round's model)",
+    )
+    parser.add_argument(
         "--detector-spacing-mm",
         type=float,
         default=None,
@@ -136,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     from survfed.server.evaluate import evaluate_detector_run
     from survfed.server.pooled_detector import train_pooled_detector
 
+    if args.detector_average_last is None:
+        args.detector_average_last = DetectorTrainConfig.average_last
     if args.detector_rounds is None:
         args.detector_rounds = 30 if args.preset == "standard" else 10
     spacing = args.detector_spacing_mm or cpu_preset().spacing_mm
@@ -176,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             "detector-local-epochs": args.detector_epochs,
             "detector-eval-every": args.detector_rounds,
             "detector-lr": args.detector_lr,
+            "detector-average-last": args.detector_average_last,
             "detector-mirror-tta": args.mirror_tta,
         },
     )
@@ -201,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     config = DetectorTrainConfig(
         epochs=args.detector_rounds * args.detector_epochs,
         lr=args.detector_lr,
+        average_last=args.detector_average_last,
         seed=args.seed,
         detector=cpu_preset(spacing_mm=spacing),
     )
@@ -232,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     surv_ann = annotations["evaluations"]["heldout"]
     gap_det, gap_ann = surv_det["c_index"] - 0.5, surv_ann["c_index"] - 0.5
     print(f"\n### seed {args.seed}, {args.preset} preset, sites {args.sites}, held-out "
-          f"{args.heldout}, detector grid {spacing:g} mm\n")  # fmt: skip
+          f"{args.heldout}, detector grid {spacing:g} mm, detector tail average "
+          f"{args.detector_average_last:g}\n")  # fmt: skip
     print("| detector (held-out, nodules >= 6 mm) | mirror TTA | CPM | top-5 recall | nodules |")
     print("|---|---|---:|---:|---:|")
     rows = (("federated", fed, args.mirror_tta), ("pooled", pooled, args.mirror_tta),

@@ -44,6 +44,8 @@ Run config keys (all optional except ``run-dir``)::
     detector-tile-size = 0        # 0 = the preset's value
     detector-mirror-tta = false   # inference also on the y/x mirrored scan, averaged (4x time)
     detector-local-epochs = 1  detector-batch-size = 2  detector-lr = 0.002
+    detector-average-last = 0.0   # final detector = mean of the last share of the detector
+                                  # rounds' models (0 = the last round's model alone)
     detector-samples-per-epoch = 0   # patches per site and epoch (0 = every nodule ~once)
     sim-cohort = ""               # simulation only: the cohort folder of the virtual sites
     sim-sites = ""                # simulation only: comma-separated site folders of sim-cohort
@@ -134,6 +136,7 @@ _FED_KEYS = (
     "detector-local-epochs",
     "detector-batch-size",
     "detector-lr",
+    "detector-average-last",
     "detector-samples-per-epoch",
     "hu-low",
     "hu-high",
@@ -173,6 +176,13 @@ def _int(data: Mapping[str, Any], key: str, default: int, minimum: int) -> int:
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"run config {key!r} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _share(data: Mapping[str, Any], key: str, default: float) -> float:
+    value = _float(data, key, default)
+    if value > 1:
+        raise ValueError(f"run config {key!r} must be in [0, 1], got {value}")
     return value
 
 
@@ -241,8 +251,9 @@ class FederationConfig:
         detector_eval_every: held-out detection metrics after every N-th detector round (and
             the last).
         detector: the detector and its local training (``epochs`` = local epochs per round);
-            shares ``seed``, ``device``, ``weight-decay``, ``max-grad-norm``,
-            ``lr-final-factor`` and ``average-last`` with ``train``.
+            shares ``seed``, ``device``, ``weight-decay``, ``max-grad-norm`` and
+            ``lr-final-factor`` with ``train``; its tail average is its own
+            (``detector-average-last``).
     """
 
     num_server_rounds: int = 5
@@ -357,7 +368,9 @@ class FederationConfig:
                 "weight_decay": train.weight_decay,
                 "max_grad_norm": train.max_grad_norm,
                 "lr_final_factor": train.lr_final_factor,
-                "average_last": train.average_last,
+                "average_last": _share(
+                    data, "detector-average-last", DetectorTrainConfig.average_last
+                ),
                 "detector": det_fields,
             }
         )
@@ -421,6 +434,7 @@ class FederationConfig:
             "detector-local-epochs": self.detector.epochs,
             "detector-batch-size": self.detector.batch_size,
             "detector-lr": self.detector.lr,
+            "detector-average-last": self.detector.average_last,
             "detector-samples-per-epoch": self.detector.samples_per_epoch or 0,
         }
         for key, name in _DETECTOR_MODEL_KEYS.items():

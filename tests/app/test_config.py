@@ -31,6 +31,8 @@ def test_round_trip_keeps_every_setting() -> None:
             "detector-preset": "cpu",
             "detector-spacing-mm": 2.0,
             "detector-mirror-tta": "true",
+            "average-last": 0.5,
+            "detector-average-last": 0.2,
         }
     )
     assert cfg.num_server_rounds == 7 and cfg.local_epochs == 3
@@ -43,6 +45,7 @@ def test_round_trip_keeps_every_setting() -> None:
     assert cfg.train.loss.ties == "breslow"
     det = cfg.detector.detector
     assert (det.width, det.spacing_mm, det.mirror_tta) == (8, 2.0, True)  # the CPU preset's width
+    assert cfg.train.average_last == 0.5 and cfg.detector.average_last == 0.2
     again = FederationConfig.from_run_config(cfg.to_run_config())
     assert again == cfg
 
@@ -68,11 +71,20 @@ def test_defaults_match_the_pooled_train_config() -> None:
         ({"detector-mirror-tta": "yes"}, "'detector-mirror-tta' must be true or false"),
         ({"detector-init": "runs/fed"}, "detector-init must be an absolute path"),
         ({"crop-source": "detector"}, "needs detector-rounds >= 1 or detector-init"),
+        ({"detector-average-last": 1.5}, "'detector-average-last' must be in \\[0, 1\\]"),
     ],
 )
 def test_bad_values_are_refused_with_the_key_name(data: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         FederationConfig.from_run_config(data)
+
+
+def test_the_detector_has_its_own_tail_average() -> None:
+    """``average-last`` is the survival model's; the detector keeps the last round's model."""
+    cfg = FederationConfig.from_run_config({"average-last": 0.5, "detector-rounds": 30})
+    assert cfg.train.average_last == 0.5
+    assert cfg.detector.average_last == 0.0
+    assert cfg.detector.averaged_snapshots(30) == 1  # round 30 alone
 
 
 def test_a_detector_to_start_from_makes_a_detector_stage_without_rounds() -> None:
