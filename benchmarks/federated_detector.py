@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=None,
         help="both detectors' tail average: the mean of the last share of the rounds (epochs) "
-        "(default: survfed's, 0 = the last round's model)",
+        "(default: survfed's, 0.1; 0 = the last round's model)",
     )
     parser.add_argument(
         "--detector-spacing-mm",

@@ -44,7 +44,7 @@ Run config keys (all optional except ``run-dir``)::
     detector-tile-size = 0        # 0 = the preset's value
     detector-mirror-tta = false   # inference also on the y/x mirrored scan, averaged (4x time)
     detector-local-epochs = 1  detector-batch-size = 2  detector-lr = 0.002
-    detector-average-last = 0.0   # final detector = mean of the last share of the detector
+    detector-average-last = 0.1   # final detector = mean of the last 10% of the detector
                                   # rounds' models (0 = the last round's model alone)
     detector-samples-per-epoch = 0   # patches per site and epoch (0 = every nodule ~once)
     sim-cohort = ""               # simulation only: the cohort folder of the virtual sites

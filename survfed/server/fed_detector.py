@@ -5,7 +5,8 @@ N-Net (:func:`survfed.server.rounds.run_rounds`, folder ``RUN/detector/``): site
 patients train it locally and weigh in by their number of annotated patients; sites without
 annotations answer with zero examples and are simply not averaged in. After every
 ``detector-eval-every``-th round the global detector is scored on the held-out cohorts
-(:mod:`survfed.server.detector_eval`). The final detector (tail-averaged) is
+(:mod:`survfed.server.detector_eval`). The final detector (the last round's
+global model, or the mean of the last rounds' with ``detector-average-last``) is
 ``RUN/detector/detector.pt``, with ``eval-<cohort>/`` reports (FROC, CPM, top-5 recall).
 A resumed run whose detector stage had finished reloads ``detector.pt`` and goes on.
 

@@ -12,8 +12,9 @@ the same loop (:func:`run_rounds`) over a Flower strategy
 * ``replies.jsonl``: an audit line per site and round describing what it sent (record kinds,
   keys, value types, bytes — never values).
 
-The stage's final weights are the mean of its last rounds' global models (tail averaging,
-``average-last``), read back from the round checkpoints.
+The stage's final weights are the mean of its last rounds' global models (tail averaging:
+``average-last`` for the survival stage, ``detector-average-last`` for the detector stage),
+read back from the round checkpoints.
 """
 
 from __future__ import annotations

@@ -80,11 +80,13 @@ def test_bad_values_are_refused_with_the_key_name(data: dict, message: str) -> N
 
 
 def test_the_detector_has_its_own_tail_average() -> None:
-    """``average-last`` is the survival model's; the detector keeps the last round's model."""
+    """``average-last`` is the survival model's; the detector's tail is its own, shorter one."""
     cfg = FederationConfig.from_run_config({"average-last": 0.5, "detector-rounds": 30})
     assert cfg.train.average_last == 0.5
-    assert cfg.detector.average_last == 0.0
-    assert cfg.detector.averaged_snapshots(30) == 1  # round 30 alone
+    assert cfg.detector.average_last == 0.1
+    assert cfg.detector.averaged_snapshots(30) == 3  # rounds 28-30
+    last = cfg.replace(**{"detector-average-last": 0.0})
+    assert last.detector.averaged_snapshots(30) == 1  # round 30 alone
 
 
 def test_a_detector_to_start_from_makes_a_detector_stage_without_rounds() -> None:

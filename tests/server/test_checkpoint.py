@@ -73,3 +73,23 @@ def test_final_model_is_the_mean_of_the_last_rounds(tmp_path) -> None:
     assert used == [3] and float(state["w"][0]) == 3.0
     off = fed.replace(**{"average-last": 0.0})
     assert tail_average(tmp_path, 4, off.train, last)[1] == []  # round 4 is gone: last weights
+
+
+def test_the_detector_keeps_its_last_round_unless_told_to_average(tmp_path) -> None:
+    """detector-average-last (default 0.1) is the detector's; average-last the survival model's."""
+    import torch
+    from flwr.app import ArrayRecord
+
+    from survfed.app.config import FederationConfig
+    from survfed.server.rounds import tail_average
+
+    for rnd in (1, 2, 3, 4):
+        save_checkpoint(tmp_path, rnd, {"w": np.full(3, float(rnd), dtype=np.float32)})
+    last = ArrayRecord({"w": torch.zeros(3)})
+    fed = FederationConfig.from_run_config({"detector-rounds": 4, "average-last": 0.5})
+    state, used = tail_average(tmp_path, 4, fed.detector, last)
+    assert used == [4] and float(state["w"][0]) == 4.0  # 10 % of 4 rounds: the last one
+    assert tail_average(tmp_path, 4, fed.train, last)[1] == [3, 4]
+    tail = fed.replace(**{"detector-average-last": 0.75})
+    state, used = tail_average(tmp_path, 4, tail.detector, last)
+    assert used == [2, 3, 4] and float(state["w"][0]) == 3.0
