@@ -124,14 +124,11 @@ class TrainConfig(Schedule):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if isinstance(self.batch_size, int) and self.batch_size < 2:
             raise ValueError("batch_size must be >= 2 (a Cox risk set of one trains nothing)")
-        for name in ("lr", "grid_step_days", "grid_max_days"):
+        self._check_schedule()
+        for name in ("grid_step_days", "grid_max_days"):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive number, got {value!r}")
-        if not (isinstance(self.lr_final_factor, int | float) and 0 < self.lr_final_factor <= 1):
-            raise ValueError(f"lr_final_factor must be in (0, 1], got {self.lr_final_factor!r}")
-        if not (isinstance(self.average_last, int | float) and 0 <= self.average_last <= 1):
-            raise ValueError(f"average_last must be in [0, 1], got {self.average_last!r}")
         if not (isinstance(self.weight_decay, int | float) and self.weight_decay >= 0):
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
         _check_device(self.device)
