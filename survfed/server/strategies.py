@@ -9,13 +9,17 @@ The strategies are flwr 1.41's own (:mod:`flwr.serverapp.strategy`); survfed add
 * metric aggregation over the sites that sent each metric (small sites send none);
 * an audit of every reply: record kinds, keys and value types (never the values), the bytes
   each message carried on the wire (protobuf size of its content), and which node sent it;
-* save/restore of the strategy state for checkpoints (FedAdam's ``m_t`` and ``v_t``).
+* save/restore of the strategy state for checkpoints (FedAdam's ``m_t`` and ``v_t``);
+* a fixed order of the replies before averaging (by a digest of their weights), so the sum,
+  which rounds differently in another order, does not depend on which site answered first:
+  a rerun of a federation with the same seed and data gives the same global models.
 
 FedAvg weights every site by ``num-examples``, its number of training patients.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Iterable
 from logging import WARNING
@@ -31,7 +35,7 @@ from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx
 from survfed.app.config import FederationConfig
 from survfed.app.identity import describe_content
 
-__all__ = ["RoundLog", "build_strategy", "content_bytes", "mean_metrics"]
+__all__ = ["RoundLog", "build_strategy", "content_bytes", "mean_metrics", "reply_digest"]
 
 
 def content_bytes(content: RecordDict) -> int:
@@ -42,6 +46,17 @@ def content_bytes(content: RecordDict) -> int:
 def array_bytes(arrays: ArrayRecord) -> int:
     """Raw bytes of the arrays' values (the model's size; the floor of a round's traffic)."""
     return int(sum(a.numpy().nbytes for a in arrays.values()))
+
+
+def reply_digest(reply: Message) -> bytes:
+    """SHA-256 of a reply's arrays (names, dtypes, shapes, bytes), independent of its sender
+    and arrival: the key that orders replies before they are summed."""
+    digest = hashlib.sha256()
+    for name in sorted(reply.content.array_records):
+        for key, array in sorted(reply.content.array_records[name].items()):
+            digest.update(f"{name}/{key}/{array.dtype}/{tuple(array.shape)}".encode())
+            digest.update(array.data)
+    return digest.digest()
 
 
 def mean_metrics(records: list[RecordDict], weighted_by_key: str) -> MetricRecord:
@@ -164,6 +179,7 @@ class _SurvfedMixin:
             entry["skipped"] = True
             return None, None
         entry["skipped"] = False
+        ok.sort(key=reply_digest)  # float sums depend on order; arrival order is chance
         return super().aggregate_train(rnd, ok)  # type: ignore[misc]
 
     def min_replies_for(self, entry: dict[str, Any]) -> int:

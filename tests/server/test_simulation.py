@@ -144,6 +144,10 @@ def test_detector_rounds_then_survival_on_proposals(tiny_cohort: Path, tmp_path:
     assert reused["detector"]["evaluations"]["stanford"]["cpm"] == first_det["cpm"]
     assert reused["crop_source"] == summary["crop_source"]
     assert reused["history"][1]["n_patients"] == 12
+    # the same detector, seed and sites: the survival rounds are the same, bit for bit
+    # (replies are averaged in a fixed order, not in order of arrival)
+    for key in ("train_loss", "c_index"):
+        assert reused["history"][1][key] == summary["history"][1][key], key
     assert f"detector-init: the run's detector is {init}" in proc.stderr
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 
 from survfed.app.config import FederationConfig
 from survfed.server.strategies import (
@@ -15,6 +15,7 @@ from survfed.server.strategies import (
     build_strategy,
     content_bytes,
     mean_metrics,
+    reply_digest,
 )
 
 
@@ -96,3 +97,56 @@ def test_a_site_with_nothing_to_train_is_not_a_failure_and_lowers_the_quorum() -
     assert strategy.min_replies_for(entry) == 2
     entry["replies"] = [{"node_id": i, "no_examples": True} for i in range(5)]
     assert strategy.min_replies_for(entry) == 1  # never below one real reply
+
+
+def _train_round(strategy, replies: list[RecordDict]) -> dict[str, np.ndarray]:
+    """``replies`` answered, in this order, to one train round of ``strategy``."""
+    arrays = ArrayRecord({"w": Array(np.zeros(4, dtype=np.float32))})
+    strategy._expected = {"w": (4,)}
+    instructions = [
+        Message(RecordDict({"arrays": arrays}), dst_node_id=10 + i, message_type="train")
+        for i in range(len(replies))
+    ]
+    answers = [Message(c, reply_to=m) for c, m in zip(replies, instructions, strict=True)]
+    aggregated, _ = strategy.aggregate_train(1, answers)
+    return {k: v.numpy() for k, v in aggregated.items()}
+
+
+def test_the_average_does_not_depend_on_which_site_answered_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Float sums round differently in another order ((1e8 + 1) − 1e8 = 0 in float32, but
+    (1e8 − 1e8) + 1 = 1): replies are put in a fixed order (their digest) before averaging,
+    so two runs of the same federation get bit-identical global models."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for slot in ("_run_id", "_node_id", "_task_id"):  # what a ServerApp process has set
+        monkeypatch.setattr(TaskIdentity, slot, 1)
+    values = ([3e8, 1.0, 0.5, 2.0], [1.0, 3e8, 0.25, 2.0], [-3e8, -3e8, 1.0, 2.0])
+    replies = [
+        RecordDict(
+            {
+                "arrays": ArrayRecord({"w": Array(np.asarray(v, dtype=np.float32))}),
+                "metrics": MetricRecord({"num-examples": 10}),
+            }
+        )
+        for v in values
+    ]
+    orders = [[0, 1, 2], [2, 0, 1], [1, 2, 0], [2, 1, 0]]
+    results = [
+        _train_round(build_strategy(FederationConfig()), [replies[i] for i in order])["w"]
+        for order in orders
+    ]
+    for other in results[1:]:
+        assert other.tobytes() == results[0].tobytes()
+    np.testing.assert_allclose(results[0][2:], [1.75 / 3, 2.0], rtol=1e-6)
+    # without the fixed order, Flower's plain sum does differ between these orders
+    naive = []
+    for order in orders:
+        total = np.zeros(4, dtype=np.float32)
+        for i in order:
+            total += np.asarray(values[i], dtype=np.float32) * np.float32(1 / 3)
+        naive.append(total.tobytes())
+    assert len(set(naive)) > 1
+    digests = {reply_digest(Message(r, dst_node_id=1, message_type="train")) for r in replies}
+    assert len(digests) == 3  # the key tells the sites' weights apart
