@@ -8,10 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from survfed.app.config import FederationConfig, simulation_sites
 from survfed.common.synth.cohort import make_cohort
+from survfed.server.checkpoint import load_round_arrays
 
 N_SITES = 20
 
@@ -149,6 +151,27 @@ def test_detector_rounds_then_survival_on_proposals(tiny_cohort: Path, tmp_path:
     for key in ("train_loss", "c_index"):
         assert reused["history"][1][key] == summary["history"][1][key], key
     assert f"detector-init: the run's detector is {init}" in proc.stderr
+
+    # a third federation fine-tunes that detector: detector-init and one more detector round
+    tuned = tmp_path / "tuned"
+    cmd3 = [*cmd2[: cmd2.index("--out") + 1], str(tuned), *cmd2[cmd2.index("--out") + 2 :]]
+    cmd3[cmd3.index("detector-rounds=0")] = "detector-rounds=1"
+    proc = subprocess.run(cmd3, capture_output=True, text=True, timeout=900, check=False)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    fine = json.loads(proc.stdout)
+    assert fine["detector"]["init"] == str(init)
+    assert f"detector rounds start from {init}" in proc.stderr
+    assert fine["detector"]["averaged_rounds"] == [1]
+    assert fine["detector"]["detector_id"] not in (detector_id, None)
+    rows = list(csv.DictReader((tuned / "detector" / "metrics.csv").open(newline="")))
+    assert [r["round"] for r in rows] == ["0", "1"]
+    assert int(rows[1]["n_patients"]) == iowa_annotated
+    # the same seed, sites and schedule from a fresh N-Net gave the first run's round 1 bit
+    # for bit; starting from the trained detector gives other weights
+    first_r1 = load_round_arrays(out / "detector", 1)
+    tuned_r1 = load_round_arrays(tuned / "detector", 1)
+    assert first_r1 is not None and tuned_r1 is not None and first_r1.keys() == tuned_r1.keys()
+    assert any(not np.array_equal(first_r1[k], tuned_r1[k]) for k in first_r1)
 
 
 def test_a_run_past_its_timeout_is_stopped_with_a_clear_message(
