@@ -93,7 +93,15 @@ def _reusable(run: Path, settings: dict) -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("/tmp/survfed-fd"))
-    parser.add_argument("--seed", type=int, default=41)
+    parser.add_argument("--seed", type=int, default=41, help="the cohort's seed")
+    parser.add_argument(
+        "--train-seed",
+        type=int,
+        default=None,
+        help="seeds training (both detectors' first weights, patches and batches, the survival "
+        "runs); default: --seed. Another value trains on the same cohort into "
+        "OUT/train-seed-N, to measure how much the results move with training noise alone",
+    )
     parser.add_argument("--sites", default="iowa:40,maastro:50,stanford:30")
     parser.add_argument("--heldout", type=int, default=60)
     parser.add_argument("--preset", default="tiny")
@@ -145,11 +153,15 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.detector_average_last is None:
         args.detector_average_last = DetectorTrainConfig.average_last
+    if args.train_seed is None:
+        args.train_seed = args.seed
     if args.detector_rounds is None:
         args.detector_rounds = 30 if args.preset == "standard" else 10
     spacing = args.detector_spacing_mm or cpu_preset().spacing_mm
     out = args.out.resolve()
     cohort = out / "cohort"
+    heldout_cache = out / ".fed-detector-cache"  # held-out scans on the detector's grid
+    runs = out if args.train_seed == args.seed else out / f"train-seed-{args.train_seed}"
     sites = dict(parse_sites(args.sites))
     if not (cohort / "_truth" / "cohort.json").is_file():
         make_cohort(cohort, {**sites, "heldout": args.heldout}, seed=args.seed,
@@ -157,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     common = {
         "num-server-rounds": args.rounds,
         "local-epochs": args.local_epochs,
-        "seed": args.seed,
+        "seed": args.train_seed,
         "bootstrap-per-round": 0,
         "bootstrap-final": 200,
         "min-patients-for-metrics": 3,
@@ -176,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     with_detector = _simulate(
         cohort,
-        out / "fed-detector",
+        runs / "fed-detector",
         {
             **common,
             **survival_model,
@@ -187,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
             "detector-lr": args.detector_lr,
             "detector-average-last": args.detector_average_last,
             "detector-mirror-tta": args.mirror_tta,
+            "eval-cache-dir": str(heldout_cache),
         },
     )
     timings["federated detector + proposal survival"] = time.perf_counter() - t0
@@ -195,37 +208,36 @@ def main(argv: list[str] | None = None) -> int:
     if nnet_crops:  # the same start as the proposal arm: the federated detector's backbone
         annotation_sets |= {
             **detector,
-            "detector-init": str(out / "fed-detector"),
+            "detector-init": str(runs / "fed-detector"),
             "detector-mirror-tta": False,  # its proposals are not used here
             # the held-out scans the first run preprocessed on the detector's grid
-            "eval-cache-dir": str(out / ".fed-detector-cache"),
+            "eval-cache-dir": str(heldout_cache),
         }
-    annotations = _simulate(cohort, out / "fed-annotations", annotation_sets)
+    annotations = _simulate(cohort, runs / "fed-annotations", annotation_sets)
     timings["federated annotation survival"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     # the pooled arm reads the scans the federation preprocessed (same layout and settings:
     # the sites' caches next to their folders, the coordinator's held-out cache), so no scan
     # is preprocessed twice; other settings get a folder of their own there
     site_caches = cohort / ".survfed-cache"
-    heldout_cache = out / ".fed-detector-cache"
     config = DetectorTrainConfig(
         epochs=args.detector_rounds * args.detector_epochs,
         lr=args.detector_lr,
         average_last=args.detector_average_last,
-        seed=args.seed,
+        seed=args.train_seed,
         detector=cpu_preset(spacing_mm=spacing),
     )
-    pooled_reused = _reusable(out / "pooled-detector", config.to_dict())
+    pooled_reused = _reusable(runs / "pooled-detector", config.to_dict())
     if pooled_reused:
-        print(f"reusing the pooled detector in {out / 'pooled-detector'} (same settings)")
+        print(f"reusing the pooled detector in {runs / 'pooled-detector'} (same settings)")
     else:
         train_pooled_detector(
-            [cohort / s for s in sites], out / "pooled-detector", config,
+            [cohort / s for s in sites], runs / "pooled-detector", config,
             cache_dir=site_caches, progress=False, overwrite=True,
         )  # fmt: skip
     pooled, pooled_other = (
         evaluate_detector_run(
-            out / "pooled-detector", cohort / "heldout", cache_dir=heldout_cache,
+            runs / "pooled-detector", cohort / "heldout", cache_dir=heldout_cache,
             progress=False, mirror_tta=tta,
         ).evaluation.to_dict()
         for tta in (args.mirror_tta, not args.mirror_tta)
@@ -234,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         time.perf_counter() - t0
     )
     fed_other = evaluate_detector_run(
-        out / "fed-detector", cohort / "heldout", cache_dir=heldout_cache,
+        runs / "fed-detector", cohort / "heldout", cache_dir=heldout_cache,
         progress=False, mirror_tta=not args.mirror_tta,
     ).evaluation.to_dict()  # fmt: skip
 
@@ -242,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     surv_det = with_detector["evaluations"]["heldout"]
     surv_ann = annotations["evaluations"]["heldout"]
     gap_det, gap_ann = surv_det["c_index"] - 0.5, surv_ann["c_index"] - 0.5
-    print(f"\n### seed {args.seed}, {args.preset} preset, sites {args.sites}, held-out "
+    trained = "" if args.train_seed == args.seed else f" (training seed {args.train_seed})"
+    print(f"\n### seed {args.seed}{trained}, {args.preset} preset, sites {args.sites}, held-out "
           f"{args.heldout}, detector grid {spacing:g} mm, detector tail average "
           f"{args.detector_average_last:g}\n")  # fmt: skip
     print("| detector (held-out, nodules >= 6 mm) | mirror TTA | CPM | top-5 recall | nodules |")
