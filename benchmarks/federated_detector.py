@@ -66,10 +66,19 @@ def _simulate(cohort: Path, out: Path, sets: dict[str, object]) -> dict:
     ]  # fmt: skip
     for key, value in sets.items():
         cmd += ["--set", f"{key}={json.dumps(value)}"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            stdout, stderr = proc.communicate()
+        except BaseException:  # Ctrl-C or SIGTERM: let the simulation stop its own processes
+            proc.terminate()
+            try:
+                proc.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            raise
     if proc.returncode != 0:
-        raise RuntimeError(f"survfed simulate failed:\n{proc.stderr[-4000:]}")
-    return json.loads(proc.stdout)
+        raise RuntimeError(f"survfed simulate failed:\n{stderr[-4000:]}")
+    return json.loads(stdout)
 
 
 def _fmt(value: float | None) -> str:
@@ -149,7 +158,10 @@ def main(argv: list[str] | None = None) -> int:
     from survfed.common.synth.cohort import make_cohort, parse_sites
     from survfed.server.detector_eval import size_label
     from survfed.server.evaluate import evaluate_detector_run
+    from survfed.server.federation import install_stop_signals
     from survfed.server.pooled_detector import train_pooled_detector
+
+    install_stop_signals()  # SIGTERM (timeout, a batch scheduler) stops the runs it started
 
     if args.detector_average_last is None:
         args.detector_average_last = DetectorTrainConfig.average_last
