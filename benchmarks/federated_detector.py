@@ -174,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     cohort = out / "cohort"
     heldout_cache = out / ".fed-detector-cache"  # held-out scans on the detector's grid
     runs = out if args.train_seed == args.seed else out / f"train-seed-{args.train_seed}"
+    fed_run, pooled_run = runs / "fed-detector", runs / "pooled-detector"
     sites = dict(parse_sites(args.sites))
     if not (cohort / "_truth" / "cohort.json").is_file():
         make_cohort(cohort, {**sites, "heldout": args.heldout}, seed=args.seed,
@@ -200,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     with_detector = _simulate(
         cohort,
-        runs / "fed-detector",
+        fed_run,
         {
             **common,
             **survival_model,
@@ -220,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     if nnet_crops:  # the same start as the proposal arm: the federated detector's backbone
         annotation_sets |= {
             **detector,
-            "detector-init": str(runs / "fed-detector"),
+            "detector-init": str(fed_run),
             "detector-mirror-tta": False,  # its proposals are not used here
             # the held-out scans the first run preprocessed on the detector's grid
             "eval-cache-dir": str(heldout_cache),
@@ -239,17 +240,17 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.train_seed,
         detector=cpu_preset(spacing_mm=spacing),
     )
-    pooled_reused = _reusable(runs / "pooled-detector", config.to_dict())
+    pooled_reused = _reusable(pooled_run, config.to_dict())
     if pooled_reused:
-        print(f"reusing the pooled detector in {runs / 'pooled-detector'} (same settings)")
+        print(f"reusing the pooled detector in {pooled_run} (same settings)")
     else:
         train_pooled_detector(
-            [cohort / s for s in sites], runs / "pooled-detector", config,
+            [cohort / s for s in sites], pooled_run, config,
             cache_dir=site_caches, progress=False, overwrite=True,
         )  # fmt: skip
     pooled, pooled_other = (
         evaluate_detector_run(
-            runs / "pooled-detector", cohort / "heldout", cache_dir=heldout_cache,
+            pooled_run, cohort / "heldout", cache_dir=heldout_cache,
             progress=False, mirror_tta=tta,
         ).evaluation.to_dict()
         for tta in (args.mirror_tta, not args.mirror_tta)
@@ -258,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         time.perf_counter() - t0
     )
     fed_other = evaluate_detector_run(
-        runs / "fed-detector", cohort / "heldout", cache_dir=heldout_cache,
+        fed_run, cohort / "heldout", cache_dir=heldout_cache,
         progress=False, mirror_tta=not args.mirror_tta,
     ).evaluation.to_dict()  # fmt: skip
 
