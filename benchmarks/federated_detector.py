@@ -32,12 +32,21 @@ Heavy on CPUs (about an hour on 2 cores with the defaults; the standard preset's
 rounds alone take about 45 minutes, its 90-epoch pooled detector about 30); every step reuses
 what an earlier run of the same ``--out`` left (cohort, preprocessing caches, and each finished
 run whose settings are unchanged; a run folder with other settings is replaced).
+
+Each run writes its numbers to ``results.json`` in its folder. With ``--train-seed`` the same
+cohort is trained again into ``OUT/train-seed-N``; once two or more training seeds have
+finished, a last table gives each one's numbers with their mean and range, and
+``--summarize`` prints that table again without training anything::
+
+    python benchmarks/federated_detector.py --seed 53 ... --train-seed 54 --out /tmp/fs
+    python benchmarks/federated_detector.py --out /tmp/fs --summarize
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -99,6 +108,64 @@ def _reusable(run: Path, settings: dict) -> bool:
     return done and (run / "detector.pt").is_file()
 
 
+def _scores(evaluation: dict) -> dict:
+    return {k: evaluation[k] for k in ("cpm", "recall_top_k", "n_nodules")}
+
+
+def _results(out: Path) -> list[dict]:
+    """The ``results.json`` of every training seed run into ``out``, by training seed."""
+    found = [out / "results.json", *out.glob("train-seed-*/results.json")]
+    results = [json.loads(path.read_text()) for path in found if path.is_file()]
+    return sorted(results, key=lambda r: r["train_seed"])
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    return numerator / denominator if denominator else float("nan")
+
+
+def spread_table(results: list[dict]) -> str:
+    """Markdown: one row per training seed (detector CPM and top-5 recall mirrored and plain,
+    federated/pooled CPM, the survival gap share), then their mean and min–max over the seeds
+    where a value is defined (a ratio with a zero denominator is nan and left out)."""
+    columns = {
+        "fed CPM mirrored": lambda r: r["federated"]["mirrored"]["cpm"],
+        "fed top-5 mirrored": lambda r: r["federated"]["mirrored"]["recall_top_k"],
+        "pooled CPM mirrored": lambda r: r["pooled"]["mirrored"]["cpm"],
+        "fed/pooled mirrored": lambda r: _ratio(
+            r["federated"]["mirrored"]["cpm"], r["pooled"]["mirrored"]["cpm"]
+        ),
+        "fed CPM plain": lambda r: r["federated"]["plain"]["cpm"],
+        "pooled CPM plain": lambda r: r["pooled"]["plain"]["cpm"],
+        "fed/pooled plain": lambda r: _ratio(
+            r["federated"]["plain"]["cpm"], r["pooled"]["plain"]["cpm"]
+        ),
+        "survival gap share": lambda r: r["survival"]["gap_share"],
+    }
+    values = {name: [float(get(r)) for r in results] for name, get in columns.items()}
+    lines = [
+        "| training seed | " + " | ".join(columns) + " |",
+        "|---|" + "---:|" * len(columns),
+    ]
+    for i, r in enumerate(results):
+        lines.append(f"| {r['train_seed']} | " + " | ".join(
+            f"{values[name][i]:.3f}" for name in columns) + " |")  # fmt: skip
+    finite = [[x for x in v if math.isfinite(x)] for v in values.values()]  # nan: undefined
+    lines.append("| mean | " + " | ".join(
+        f"{sum(v) / len(v):.3f}" if v else "n/a" for v in finite) + " |")  # fmt: skip
+    lines.append("| min–max | " + " | ".join(
+        f"{min(v):.3f}–{max(v):.3f}" if v else "n/a" for v in finite) + " |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def _print_spread(out: Path) -> None:
+    results = _results(out)
+    if len(results) < 2:
+        print(f"{out} holds the results of {len(results)} training seed(s); the spread needs 2")
+        return
+    print(f"\n### cohort seed {results[0]['seed']}: {len(results)} training seeds\n")
+    print(spread_table(results))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("/tmp/survfed-fd"))
@@ -151,7 +218,16 @@ def main(argv: list[str] | None = None) -> int:
         default="nnet-small",
         help="survival encoder on proposal crops (nnet-small: the detector's backbone on its grid)",
     )
+    parser.add_argument(
+        "--summarize",
+        action="store_true",
+        help="print the table over the training seeds already run into OUT (their mean and "
+        "range) and exit, training nothing",
+    )
     args = parser.parse_args(argv)
+    if args.summarize:
+        _print_spread(args.out.resolve())
+        return 0
 
     from survfed.common.config import DetectorTrainConfig
     from survfed.common.detection.config import cpu_preset
@@ -305,6 +381,22 @@ def main(argv: list[str] | None = None) -> int:
     }
     for name, seconds in timings.items():
         print(f"- {name}: " + ("reused" if reused.get(name) else f"{seconds:.0f} s"))
+    # fed and pooled were scored as the federation's setting says, the *_other ones the other way
+    this, other = ("mirrored", "plain") if args.mirror_tta else ("plain", "mirrored")
+    results = {
+        "seed": args.seed,
+        "train_seed": args.train_seed,
+        "federated": {this: _scores(fed), other: _scores(fed_other)},
+        "pooled": {this: _scores(pooled), other: _scores(pooled_other)},
+        "survival": {
+            "proposals": {k: surv_det[k] for k in ("c_index", "n")},
+            "annotations": {k: surv_ann[k] for k in ("c_index", "n")},
+            "gap_share": share,
+        },
+    }
+    (runs / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    if len(_results(out)) >= 2:
+        _print_spread(out)
     return 0
 
 
