@@ -131,7 +131,7 @@ class DetectorEvaluation:
     by_size: tuple[SizeBin, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able: ``cpm``, ``recall_top5``, ``sens@<rate>``... and ``all_nodules``."""
+        """JSON-able: ``cpm``, ``recall_top_k``, ``sens@<rate>``... and ``all_nodules``."""
         return {
             "cohort": self.cohort,
             "min_diameter_mm": MIN_DIAMETER_MM,
