@@ -119,8 +119,15 @@ def _results(out: Path) -> list[dict]:
     return sorted(results, key=lambda r: r["train_seed"])
 
 
-def _ratio(numerator: float, denominator: float) -> float:
-    return numerator / denominator if denominator else float("nan")
+def _ratio(numerator: float | None, denominator: float | None) -> float:
+    """``numerator / denominator``; nan where either is undefined (None) or the denominator 0."""
+    if numerator is None or not denominator:
+        return float("nan")
+    return numerator / denominator
+
+
+def _num(value: float | None) -> float:
+    return float("nan") if value is None else float(value)  # None: undefined in the JSON
 
 
 def spread_table(results: list[dict]) -> str:
@@ -141,7 +148,7 @@ def spread_table(results: list[dict]) -> str:
         ),
         "survival gap share": lambda r: r["survival"]["gap_share"],
     }
-    values = {name: [float(get(r)) for r in results] for name, get in columns.items()}
+    values = {name: [_num(get(r)) for r in results] for name, get in columns.items()}
     lines = [
         "| training seed | " + " | ".join(columns) + " |",
         "|---|" + "---:|" * len(columns),
@@ -157,11 +164,7 @@ def spread_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _print_spread(out: Path) -> None:
-    results = _results(out)
-    if len(results) < 2:
-        print(f"{out} holds the results of {len(results)} training seed(s); the spread needs 2")
-        return
+def _print_spread(results: list[dict]) -> None:
     print(f"\n### cohort seed {results[0]['seed']}: {len(results)} training seeds\n")
     print(spread_table(results))
 
@@ -226,7 +229,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.summarize:
-        _print_spread(args.out.resolve())
+        results = _results(args.out.resolve())
+        if len(results) < 2:
+            print(f"{args.out} holds the results of {len(results)} training seed(s); need 2")
+        else:
+            _print_spread(results)
         return 0
 
     from survfed.common.config import DetectorTrainConfig
@@ -360,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     for f, p in zip(fed.get("by_size_mm", []), pooled.get("by_size_mm", []), strict=False):
         label = size_label(f["low"], f["high"])
         print(f"| {label} | {f['top_k']}/{f['n']} | {p['top_k']}/{p['n']} |")
-    ratio = fed["cpm"] / pooled["cpm"] if pooled["cpm"] else float("nan")
+    ratio = _ratio(fed["cpm"], pooled["cpm"])
     print(f"\nfederated CPM / pooled CPM: {ratio:.2f}\n")
     print("| federated survival model | held-out C-index [95% CI] | n | oracle on those |")
     print("|---|---:|---:|---:|")
@@ -395,8 +402,8 @@ def main(argv: list[str] | None = None) -> int:
         },
     }
     (runs / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-    if len(_results(out)) >= 2:
-        _print_spread(out)
+    if len(all_results := _results(out)) >= 2:
+        _print_spread(all_results)
     return 0
 
 
