@@ -23,7 +23,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check survfed tests benchmarks
-	$(BIN)/python -m pytest -n 2 -m "not gpu"
+	$(BIN)/python -m pytest -n 2 -m "not gpu" --durations=15
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -n 2

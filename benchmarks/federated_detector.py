@@ -35,8 +35,9 @@ run whose settings are unchanged; a run folder with other settings is replaced).
 
 Each run writes its numbers to ``results.json`` in its folder. With ``--train-seed`` the same
 cohort is trained again into ``OUT/train-seed-N``; once two or more training seeds have
-finished, a last table gives each one's numbers with their mean and range, and
-``--summarize`` prints that table again without training anything::
+finished, a last table gives each one's numbers with their mean and range, then the mean
+federated CPM over the mean pooled CPM; ``--summarize`` prints them again without training
+anything::
 
     python benchmarks/federated_detector.py --seed 53 ... --train-seed 54 --out /tmp/fs
     python benchmarks/federated_detector.py --out /tmp/fs --summarize
@@ -133,7 +134,8 @@ def _num(value: float | None) -> float:
 def spread_table(results: list[dict]) -> str:
     """Markdown: one row per training seed (detector CPM and top-5 recall mirrored and plain,
     federated/pooled CPM, the survival gap share), then their mean and min–max over the seeds
-    where a value is defined (a ratio with a zero denominator is nan and left out)."""
+    where a value is defined (a ratio with a zero denominator is nan and left out), and the
+    mean federated CPM over the mean pooled CPM."""
     columns = {
         "fed CPM mirrored": lambda r: r["federated"]["mirrored"]["cpm"],
         "fed top-5 mirrored": lambda r: r["federated"]["mirrored"]["recall_top_k"],
@@ -156,11 +158,20 @@ def spread_table(results: list[dict]) -> str:
     for i, r in enumerate(results):
         lines.append(f"| {r['train_seed']} | " + " | ".join(
             f"{values[name][i]:.3f}" for name in columns) + " |")  # fmt: skip
-    finite = [[x for x in v if math.isfinite(x)] for v in values.values()]  # nan: undefined
+    finite = {k: [x for x in v if math.isfinite(x)] for k, v in values.items()}  # nan: undefined
+    means = {name: sum(v) / len(v) if v else None for name, v in finite.items()}
     lines.append("| mean | " + " | ".join(
-        f"{sum(v) / len(v):.3f}" if v else "n/a" for v in finite) + " |")  # fmt: skip
+        "n/a" if m is None else f"{m:.3f}" for m in means.values()) + " |")  # fmt: skip
     lines.append("| min–max | " + " | ".join(
-        f"{min(v):.3f}–{max(v):.3f}" if v else "n/a" for v in finite) + " |")  # fmt: skip
+        f"{min(v):.3f}–{max(v):.3f}" if v else "n/a" for v in finite.values()) + " |")  # fmt: skip
+    ratios = [
+        f"{s} {_ratio(means[f'fed CPM {s}'], means[f'pooled CPM {s}']):.3f}"
+        for s in ("mirrored", "plain")
+    ]
+    lines.append(
+        "\nmean federated CPM / mean pooled CPM (both arms vary with training noise): "
+        + ", ".join(ratios)
+    )
     return "\n".join(lines)
 
 
