@@ -157,7 +157,7 @@ def spread_table(results: list[dict]) -> str:
     ]
     for i, r in enumerate(results):
         lines.append(f"| {r['train_seed']} | " + " | ".join(
-            f"{values[name][i]:.3f}" for name in columns) + " |")  # fmt: skip
+            _cell(values[name][i]) for name in columns) + " |")  # fmt: skip
     finite = {k: [x for x in v if math.isfinite(x)] for k, v in values.items()}  # nan: undefined
     means = {name: sum(v) / len(v) if v else None for name, v in finite.items()}
     lines.append("| mean | " + " | ".join(
@@ -173,6 +173,10 @@ def spread_table(results: list[dict]) -> str:
         + ", ".join(ratios)
     )
     return "\n".join(lines)
+
+
+def _cell(value: float) -> str:
+    return f"{value:.3f}" if math.isfinite(value) else "—"  # not run, or undefined
 
 
 def _print_spread(results: list[dict]) -> None:
