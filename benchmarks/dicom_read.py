@@ -5,12 +5,17 @@ profile, so uncompressed, RLE Lossless and JPEG-LS/JPEG 2000 series are all time
 each patient's chosen series with survfed's catalogue and with SimpleITK's ImageSeriesReader and
 prints a markdown table: slices, MB on disk, MB of HU voxels, seconds per series, MB/s.
 
+A second table times the catalogue's header scan (``read_headers``, no header cache) per file,
+on one thread, on eight, and as chosen automatically, with the files in the page cache ("warm")
+and after dropping them from it with ``posix_fadvise`` ("cold": read from the disk again).
+
     python benchmarks/dicom_read.py [--out DIR] [--repeats 3] [--sites iowa:1,maastro:1,stanford:1]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -20,6 +25,7 @@ import pydicom
 import SimpleITK as sitk
 
 from survfed.client.catalogue import catalogue_site
+from survfed.client.header_cache import DEFAULT_THREADS, read_headers
 from survfed.common.synth.cohort import make_cohort, parse_sites
 
 
@@ -30,6 +36,33 @@ def _time(fn, repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def _drop_from_page_cache(files: list[Path]) -> None:
+    """Ask the kernel to forget the files' cached pages (Linux; a no-op elsewhere)."""
+    if not hasattr(os, "posix_fadvise"):
+        return
+    for path in files:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def _header_scan_rows(files: list[Path]) -> list[tuple[str, str, float]]:
+    """(page cache, threads, ms per file) of ``read_headers`` over ``files``."""
+    rows = []
+    for state in ("warm", "cold"):
+        for label, threads in (("1", 1), (str(DEFAULT_THREADS), DEFAULT_THREADS), ("auto", None)):
+            if state == "cold":
+                _drop_from_page_cache(files)
+            else:
+                read_headers(files, threads=1)  # into the page cache
+            start = time.perf_counter()
+            read_headers(files, threads=threads)
+            rows.append((state, label, (time.perf_counter() - start) / len(files) * 1e3))
+    return rows
 
 
 def main() -> None:
@@ -89,6 +122,14 @@ def main() -> None:
             f"| {site} | {syntax} | {shape} | {disk:.1f} | {vox:.1f} | {ours:.2f} | {rate:.0f} "
             f"| {ref:.2f} |"
         )
+    files = sorted(p for p in out.rglob("*") if p.is_file() and "dicom" in p.relative_to(out).parts)
+    print()
+    print(f"header scan of {len(files)} files (`read_headers`, no header cache):")
+    print()
+    print("| page cache | threads | ms per file |")
+    print("|---|---|---:|")
+    for state, label, ms in _header_scan_rows(files):
+        print(f"| {state} | {label} | {ms:.2f} |")
     if tmp is not None:
         tmp.cleanup()
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
+import threading
+import time
 import warnings
 from pathlib import Path
 
@@ -137,6 +139,51 @@ def test_a_missing_cache_folder_that_cannot_be_made_warns_once(site, tmp_path):
     with pytest.warns(UserWarning, match="cannot be used") as caught:
         out = hc.read_headers(_files(site)[:3], cache=blocker / hc.CACHE_FILE)
     assert len(caught) == 1 and all(isinstance(h, DicomHeader) for h in out)
+
+
+def _threads_used(monkeypatch, delay_s: float = 0.0) -> set[int]:
+    """Threads that read a header; ``delay_s`` makes each read wait first, as a slow share."""
+    used: set[int] = set()
+
+    def reading(path):
+        used.add(threading.get_ident())
+        if delay_s:
+            time.sleep(delay_s)
+        return read_header(path)
+
+    monkeypatch.setattr(hc, "read_header", reading)
+    return used
+
+
+@pytest.mark.skipif(
+    not os.path.exists("/proc/thread-self/schedstat"),
+    reason="needs Linux scheduler statistics (else waiting for a busy core looks like I/O)",
+)
+def test_files_that_come_fast_are_read_on_one_thread(site, monkeypatch):
+    files = _files(site)
+    assert len(files) > hc.PROBE_FILES
+    used = _threads_used(monkeypatch)
+    assert hc.read_headers(files) == [read_header(f) for f in files]
+    assert used == {threading.get_ident()}
+
+
+def test_files_that_keep_the_reader_waiting_are_read_on_threads(site, monkeypatch):
+    files = _files(site)
+    used = _threads_used(monkeypatch, delay_s=0.01)  # 10 ms a file: a network share
+    assert hc.read_headers(files) == [read_header(f) for f in files]  # same order
+    assert len(used - {threading.get_ident()}) > 1
+
+
+def test_the_blocked_clock_tells_waiting_from_computing():
+    with hc._BlockedClock() as waiting:
+        time.sleep(0.2)
+    with hc._BlockedClock() as computing:
+        end = time.thread_time() + 0.2
+        while time.thread_time() < end:
+            pass
+    assert waiting.blocked_fraction > 0.8
+    if os.path.exists("/proc/thread-self/schedstat"):  # else waiting for a busy core counts
+        assert computing.blocked_fraction < 0.3
 
 
 def test_threads_must_be_positive(site):
