@@ -33,6 +33,7 @@ Decisions (documented here because they change what a site trains on):
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from collections.abc import Sequence
@@ -48,6 +49,8 @@ from pydicom.uid import (
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
 )
 
 from survfed.common.imaging.volume import Volume
@@ -80,6 +83,9 @@ class DicomReadError(Exception):
         self.path = Path(path)
         self.reason = reason
 
+    def __reduce__(self) -> tuple[type, tuple[Path, str]]:  # pickles (to worker processes)
+        return type(self), (self.path, self.reason)
+
 
 class SeriesError(Exception):
     """A series cannot be made into a volume; ``path`` names the offending file (or the first)."""
@@ -88,6 +94,9 @@ class SeriesError(Exception):
         super().__init__(f"{path}: {reason}")
         self.path = Path(path)
         self.reason = reason
+
+    def __reduce__(self) -> tuple[type, tuple[Path, str]]:  # pickles (to worker processes)
+        return type(self), (self.path, self.reason)
 
 
 @dataclass(frozen=True)
@@ -423,13 +432,43 @@ def _read_full(path: Path) -> pydicom.Dataset:
     return ds
 
 
+_PREFERRED_DECODER = {JPEGLSLossless: "pyjpegls", JPEGLSNearLossless: "pyjpegls"}
+"""pydicom decoding plugin tried first per transfer syntax, where pydicom's own first choice is
+slower: for JPEG-LS it tries pylibjpeg (libjpeg) before pyjpegls (CharLS), which decodes a
+512 × 512 CT slice in 6 ms instead of 24 (the same pixels: both are exact). Any other decoder
+pydicom has is still tried when the preferred one is missing or fails."""
+
+
+@functools.cache
+def _has_decoder(transfer_syntax: str, plugin: str) -> bool:
+    from pydicom.pixels import get_decoder
+
+    try:
+        return plugin in get_decoder(UID(transfer_syntax)).available_plugins
+    except (NotImplementedError, ValueError):
+        return False
+
+
+def _stored_pixels(ds: pydicom.Dataset) -> np.ndarray:
+    """The stored values of a slice, decoded by the preferred decoder where there is one."""
+    syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
+    plugin = _PREFERRED_DECODER.get(syntax)
+    if plugin is not None and _has_decoder(syntax, plugin):
+        try:
+            ds.pixel_array_options(decoding_plugin=plugin)
+            return ds.pixel_array
+        except Exception:  # let pydicom's other decoders try (and name the failure)
+            ds.pixel_array_options(decoding_plugin="")
+    return ds.pixel_array
+
+
 def _decode_hu(header: DicomHeader) -> np.ndarray:
     """Decode one slice into float32 HU, ``(rows, columns)``."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ds = _read_full(header.path)
-            stored = ds.pixel_array
+            stored = _stored_pixels(ds)
     except Exception as exc:
         raise SeriesError(header.path, f"cannot decode pixel data ({exc})") from exc
     expected = (header.rows, header.columns)
@@ -616,6 +655,12 @@ def _interpolate_slices(stack: np.ndarray, offsets: np.ndarray, targets: np.ndar
     return (1 - weight) * stack[lower] + weight * stack[lower + 1]
 
 
+_THREADED_DECODE_MIN_PIXELS = 256 * 256
+"""Slices are decoded on threads only from this size: a 512 × 512 slice is decoded about 1.5 ×
+faster on 2 threads than on one, a 128 × 128 slice twice as slowly (the work released from the
+interpreter lock is then too short to pay for handing slices between threads)."""
+
+
 def load_series(plan: SeriesPlan) -> Volume:
     """Decode a planned series into a Hounsfield-unit volume.
 
@@ -632,8 +677,9 @@ def load_series(plan: SeriesPlan) -> Volume:
     first = plan.headers[0]
     stack = np.empty((n, int(first.rows or 0), int(first.columns or 0)), dtype=np.float32)
     workers = min(8, os.cpu_count() or 1)
-    if n >= 16 and workers > 1:
-        # decoders (CharLS, OpenJPEG, RLE) release the GIL for much of their work
+    pixels = int(first.rows or 0) * int(first.columns or 0)
+    if n >= 16 and workers > 1 and pixels >= _THREADED_DECODE_MIN_PIXELS:
+        # decoders (CharLS, OpenJPEG, RLE) and NumPy release the GIL for much of their work
         with ThreadPoolExecutor(max_workers=workers) as pool:
             for index, hu in enumerate(pool.map(_decode_hu, plan.headers)):
                 stack[index] = hu

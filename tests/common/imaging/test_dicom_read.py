@@ -393,3 +393,47 @@ def test_dicomdir_is_not_an_image(tmp_path: Path):
     ds.save_as(tmp_path / "DICOMDIR", enforce_file_format=True)
     with pytest.raises(DicomReadError, match="DICOMDIR"):
         read_header(tmp_path / "DICOMDIR")
+
+
+@pytest.mark.parametrize("error", [DicomReadError, SeriesError])
+def test_read_errors_survive_pickling_with_their_file_and_reason(error):
+    # worker processes (``survfed preprocess --workers``) send them back pickled
+    import pickle
+
+    back = pickle.loads(pickle.dumps(error("/site/dicom/P1/IM0001", "not a DICOM file")))
+    assert type(back) is error
+    assert back.path == Path("/site/dicom/P1/IM0001") and back.reason == "not a DICOM file"
+    assert str(back) == "/site/dicom/P1/IM0001: not a DICOM file"
+
+
+@pytest.mark.parametrize("encoding", ["native_signed", "rle_signed_no_intercept"])
+def test_threaded_and_serial_decoding_give_the_same_volume(tmp_path, monkeypatch, encoding):
+    import survfed.common.imaging.dicom_read as dr
+
+    volume = _sphere(np.eye(3))
+    plan = plan_series([read_header(p) for p in _write(volume, tmp_path, ENCODINGS[encoding])])
+    assert SHAPE[1] * SHAPE[2] < dr._THREADED_DECODE_MIN_PIXELS  # small slices: one thread
+    serial = load_series(plan)
+    monkeypatch.setattr(dr, "_THREADED_DECODE_MIN_PIXELS", 0)
+    monkeypatch.setattr(dr.os, "cpu_count", lambda: 4)
+    threaded = load_series(plan)
+    np.testing.assert_array_equal(threaded.array, serial.array)
+    np.testing.assert_allclose(serial.array, volume.array, atol=0.5)
+
+
+def test_jpeg_ls_is_decoded_by_charls_giving_what_every_decoder_gives(tmp_path, monkeypatch):
+    from pydicom.pixels import pixel_array
+
+    import survfed.common.imaging.dicom_read as dr
+
+    volume = _sphere(np.eye(3))
+    paths = _write(volume, tmp_path, ENCODINGS["jpegls_unsigned"])
+    plan = plan_series([read_header(p) for p in paths])
+    assert dr._has_decoder(JPEGLSLossless, "pyjpegls")  # a declared dependency
+    fast = load_series(plan)
+    np.testing.assert_allclose(fast.array, volume.array, atol=0.5)
+    for header, hu in zip(plan.headers, fast.array, strict=True):
+        stored = pixel_array(str(header.path), decoding_plugin="pylibjpeg")
+        np.testing.assert_array_equal(hu, stored * header.rescale_slope + header.rescale_intercept)
+    monkeypatch.setattr(dr, "_PREFERRED_DECODER", {JPEGLSLossless: "no-such-decoder"})
+    np.testing.assert_array_equal(load_series(plan).array, fast.array)  # pydicom's own choice
