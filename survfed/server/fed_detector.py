@@ -23,6 +23,7 @@ nodules in all of its usable patients and cuts the survival crops there (only co
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -262,8 +263,10 @@ def query_proposals(
         )
         for node_id in grid.get_node_ids()
     ]
+    started = time.perf_counter()
     replies = grid.send_and_receive(messages, timeout=fed.round_timeout_s)
     counts: dict[int, int] = {}
+    site_seconds: list[float] = []
     dst = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
     for reply in replies:
         node = int(dst.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id))
@@ -272,8 +275,11 @@ def query_proposals(
             continue
         metrics = next(iter(reply.content.metric_records.values()), {})
         counts[node] = int(metrics.get("num-examples", 0))
+        if "site-seconds" in metrics:
+            site_seconds.append(float(metrics["site-seconds"]))
+    slowest = f"; slowest site's handler {max(site_seconds):.1f} s" if site_seconds else ""
     log(
         f"proposal crops ready at {len(counts)} of {len(messages)} sites "
-        f"({sum(counts.values())} patients)"
+        f"({sum(counts.values())} patients) in {time.perf_counter() - started:.1f} s{slowest}"
     )
     return counts

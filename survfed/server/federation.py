@@ -32,6 +32,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 import signal
 import sys
 import time
@@ -51,6 +52,7 @@ from survfed.server.flwr_home import (
     FlwrCliError,
     FlwrConnection,
     flwr_cli,
+    run_logs,
     run_status,
     submit_run,
 )
@@ -386,6 +388,47 @@ def monitor_run(
         time.sleep(poll_s if not summary.is_file() else min(poll_s, 1.0))
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+SERVERAPP_LOG = "serverapp-{run_id}.log"
+"""The ServerApp log of each run (a resumed run is a new run id), kept in the run folder."""
+
+
+def keep_run_log(
+    connection: FlwrConnection, run_id: int, run_dir: Path, log: Callable[[str], None]
+) -> Path | None:
+    """Copy the run's ServerApp log into the run folder while the SuperLink still holds it.
+
+    ``flwr log`` needs a running SuperLink, and ``survfed-server start`` / ``survfed simulate``
+    stop theirs when the run ends (the simulation's state is in memory), so the log is saved
+    before: ``<run folder>/serverapp-<run id>.log``, without terminal colour codes.
+
+    Returns the file, or ``None`` (with one line said) when the log could not be read or
+    written; a missing log never fails the run.
+    """
+    try:
+        text = run_logs(connection, run_id)
+    except (FlwrCliError, OSError) as exc:
+        log(f"(the ServerApp log of run {run_id} could not be read: {str(exc)[:200]})")
+        return None
+    path = Path(run_dir) / SERVERAPP_LOG.format(run_id=run_id)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(_ANSI.sub("", text), encoding="utf-8")
+    except OSError as exc:
+        log(f"(the ServerApp log of run {run_id} could not be written to {path}: {exc})")
+        return None
+    return path
+
+
+def log_tail(path: Path | None, log: Callable[[str], None], lines: int = 40) -> None:
+    """Say the last ``lines`` lines of a kept ServerApp log, and where the rest is."""
+    if path is None:
+        return
+    tail = path.read_text(encoding="utf-8").splitlines()[-lines:]
+    log(f"end of the ServerApp log ({path}):\n" + "\n".join(tail))
+
+
 def stop_run(connection: FlwrConnection, run_id: int) -> None:
     """Ask the SuperLink to stop a run (``flwr stop``); errors are ignored (best effort)."""
     try:
@@ -466,13 +509,14 @@ def run_federation(
             )
         except BaseException:
             stop_run(link.connection, run_id)
+            keep_run_log(link.connection, run_id, fed.run_path, log)
             raise
+        kept = keep_run_log(link.connection, run_id, fed.run_path, log)
         summary_path = fed.run_path / "summary.json"
         summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
         if not status.endswith("completed"):
-            print(
-                f"survfed-server: run {run_id} ended with status {status}; ServerApp log: "
-                f"flwr log {run_id}",
-                file=sys.stderr,
-            )
+            log_tail(kept, lambda line: print(line, file=sys.stderr))
+            print(f"survfed-server: run {run_id} ended with status {status}", file=sys.stderr)
+        elif kept is not None:
+            log(f"ServerApp log: {kept}")
         return RunOutcome(run_id, status, fed.run_path, summary, time.monotonic() - started)

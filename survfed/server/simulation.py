@@ -23,8 +23,15 @@ from pathlib import Path
 from typing import Any
 
 from survfed.app.config import FederationConfig, simulation_sites
-from survfed.server.federation import RunOutcome, monitor_run, stop_run, write_app_dir
-from survfed.server.flwr_home import FlwrCliError, run_logs, submit_run
+from survfed.server.federation import (
+    RunOutcome,
+    keep_run_log,
+    log_tail,
+    monitor_run,
+    stop_run,
+    write_app_dir,
+)
+from survfed.server.flwr_home import submit_run
 from survfed.server.superlink import SuperLink, SuperLinkConfig
 
 __all__ = ["SimulationSettings", "run_simulation"]
@@ -73,16 +80,6 @@ class SimulationSettings:
         if "min-sites" not in self.federation:
             fed = fed.replace(**{"min-sites": len(simulation_sites(fed))})
         return fed
-
-
-def _log_tail(link: SuperLink, run_id: int, log: Callable[[str], None]) -> None:
-    """Print the end of the failed run's ServerApp log (it goes when the SuperLink stops)."""
-    try:
-        text = run_logs(link.connection, run_id)
-    except (FlwrCliError, OSError) as exc:
-        log(f"(the run's log could not be read: {exc})")
-        return
-    log("end of the ServerApp log:\n" + "\n".join(text.splitlines()[-40:]))
 
 
 def run_simulation(
@@ -138,9 +135,11 @@ def run_simulation(
             )
         except BaseException:
             stop_run(link.connection, run_id)
+            keep_run_log(link.connection, run_id, fed.run_path, log)
             raise
+        kept = keep_run_log(link.connection, run_id, fed.run_path, log)
         if not status.endswith("completed"):
-            _log_tail(link, run_id, log)
+            log_tail(kept, log)
     summary_path = fed.run_path / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     return RunOutcome(run_id, status, fed.run_path, summary, time.monotonic() - started)

@@ -122,6 +122,11 @@ def test_detector_rounds_then_survival_on_proposals(tiny_cohort: Path, tmp_path:
     surv = summary["history"][1]
     assert surv["sites"] == 2 and surv["n_patients"] == 12  # every patient, annotated or not
     assert summary["evaluations"]["stanford"]["n"] == 6  # held-out crops from proposals too
+    # the ServerApp's log outlives the simulation's in-memory SuperLink, in the run folder
+    (kept,) = out.glob("serverapp-*.log")
+    text = kept.read_text()
+    assert "proposal crops ready at 2 of 2 sites (12 patients) in " in text
+    assert "survival round 1/1" in text and "\x1b[" not in text
 
     # a second federation reuses that detector as it is (detector-init, no detector rounds)
     again = tmp_path / "again"
@@ -192,6 +197,7 @@ def test_a_run_past_its_timeout_is_stopped_with_a_clear_message(
     assert "not finished after 3 s (--run-timeout-s)" in last and str(out) in last
     assert "Traceback" not in proc.stderr
     assert not (out / "model.pt").exists()
+    assert len(list(out.glob("serverapp-*.log"))) == 1  # kept for the post-mortem
 
 
 def test_a_wrong_detector_init_stops_before_the_superlink(
