@@ -24,6 +24,10 @@ Handlers (the instruction's ``config`` says which stage or action):
 * ``query`` (``action = "baseline"``, default) — receive the final survival model; reply
   ``aggregates`` (``events``, ``risk-sum`` on the common time grid) and ``num-examples``.
 
+Each answered instruction also writes one line to the site's own log (the SuperNode's log
+file): what was asked, how long it took, the reply's weight bytes and its metrics, so a site
+operator can follow the run without the coordinator.
+
 The site's AdamW moments are kept from round to round on the site's disk
 (:class:`~survfed.client.optimizer_store.OptimizerStore`, keyed by the run folder, so a resumed
 run continues them too), so local training continues like one long run.
@@ -36,9 +40,11 @@ Components (referenced from the FAB's pyproject)::
 from __future__ import annotations
 
 import time
+from logging import INFO
 
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common.logger import log
 
 from survfed.app.config import APP_NAME, FederationConfig, SiteContext, site_context
 from survfed.app.identity import check_app_identity, check_reply_content
@@ -72,7 +78,32 @@ def _setup(msg: Message, context: Context) -> tuple[FederationConfig, SiteContex
     return fed, site_context(dict(context.node_config), fed)
 
 
-def _reply(msg: Message, update: LocalUpdate, started: float, allowed: tuple[str, ...]) -> Message:
+def _say(site: str, what: str, content: RecordDict, started: float) -> None:
+    """One line in the site's log for an answered instruction (nothing of it is sent)."""
+    size = sum(len(a.data) for rec in content.array_records.values() for a in rec.values())
+    metrics = {k: v for rec in content.metric_records.values() for k, v in rec.items()}
+    shown = ", ".join(
+        f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()
+    )
+    if not size:
+        sent = "no arrays, "
+    else:
+        sent = f"arrays {size / 1e6:.2f} MB, " if size >= 100_000 else f"arrays {size} bytes, "
+    log(
+        INFO,
+        "survfed site %s: %s answered in %.1f s; reply: %s%s",
+        site, what, time.perf_counter() - started, sent, shown,
+    )  # fmt: skip
+
+
+def _reply(
+    msg: Message,
+    update: LocalUpdate,
+    started: float,
+    allowed: tuple[str, ...],
+    site: str,
+    what: str,
+) -> Message:
     metrics = dict(update.metrics)
     if len(metrics) > 1:  # not a site below min-patients-for-metrics
         metrics["site-seconds"] = time.perf_counter() - started
@@ -81,6 +112,7 @@ def _reply(msg: Message, update: LocalUpdate, started: float, allowed: tuple[str
         records = {"arrays": ArrayRecord(update.state_dict), **records}
     content = RecordDict(records)
     check_reply_content(content, allowed)
+    _say(site, what, content, started)
     return Message(content=content, reply_to=msg)
 
 
@@ -111,7 +143,8 @@ def train(msg: Message, context: Context) -> Message:
     )
     if update.optimizer_state:  # stays at the site, never in a reply
         store.save(server_round, update.optimizer_state)
-    return _reply(msg, update, started, TRAIN_METRICS)
+    what = f"survival round {server_round}/{fed.num_server_rounds}"
+    return _reply(msg, update, started, TRAIN_METRICS, ctx.site, what)
 
 
 def _train_detector(
@@ -139,7 +172,8 @@ def _train_detector(
     )
     if update.optimizer_state:
         store.save(server_round, update.optimizer_state)
-    return _reply(msg, update, started, DETECTOR_TRAIN_METRICS)
+    what = f"detector round {server_round}/{fed.detector_rounds}"
+    return _reply(msg, update, started, DETECTOR_TRAIN_METRICS, ctx.site, what)
 
 
 @app.query()
@@ -162,6 +196,7 @@ def query(msg: Message, context: Context) -> Message:
         )
     content = RecordDict(records)
     check_reply_content(content, QUERY_METRICS)
+    _say(ctx.site, "Breslow sums for the final model", content, started)
     return Message(content=content, reply_to=msg)
 
 
@@ -186,4 +221,5 @@ def _proposals(msg: Message, fed: FederationConfig, ctx: SiteContext, started: f
         metrics["site-seconds"] = time.perf_counter() - started
     content = RecordDict({"metrics": MetricRecord(metrics)})
     check_reply_content(content, PROPOSAL_METRICS)
+    _say(ctx.site, "proposal crops for the final detector", content, started)
     return Message(content=content, reply_to=msg)

@@ -152,6 +152,11 @@ def test_federation_survives_a_site_crash_and_a_server_restart(
     summary = json.loads((settings.run_dir / "summary.json").read_text())
     assert summary["crop_source"] == "detector-" + summary["detector"]["detector_id"]
     assert (settings.run_dir / "detector" / "eval-stanford" / "report.md").is_file()
+    # the site's own log says what it answered, round by round (what left it: sizes, metrics)
+    site_log = nodes["iowa"].cfg.log_file.read_text()
+    for what in ("detector round 1/1", "proposal crops", "survival round 1/3", "Breslow sums"):
+        assert f"survfed site iowa: {what}" in site_log, what
+    assert "survival round 3/3 answered" in site_log and "arrays 0.73 MB" in site_log
     # iowa trained in rounds 1, 2 and (after the coordinator's restart) 3; its AdamW moments
     # went on across the restart: round 3 started from round 2's step count, not from zero
     store = OptimizerStore(tmp_path / "cache" / "iowa", str(settings.run_dir))

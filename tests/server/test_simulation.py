@@ -127,6 +127,9 @@ def test_detector_rounds_then_survival_on_proposals(tiny_cohort: Path, tmp_path:
     text = kept.read_text()
     assert "proposal crops ready at 2 of 2 sites (12 patients) in " in text
     assert "survival round 1/1" in text and "\x1b[" not in text
+    # the virtual sites' own lines land there too (real sites keep theirs in their log)
+    assert "survfed site maastro: detector round 1/1 answered" in text
+    assert "reply: no arrays, num-examples 0" in text  # maastro has no annotation
 
     # a second federation reuses that detector as it is (detector-init, no detector rounds)
     again = tmp_path / "again"

@@ -45,6 +45,7 @@ ENCODINGS = {
     "native_unsigned_12bit": PixelEncoding(0, 1.0, -1024.0, 12, ExplicitVRLittleEndian),
     "rle_signed_no_intercept": PixelEncoding(1, 1.0, 0.0, 16, RLELossless),
     "jpegls_unsigned": PixelEncoding(0, 1.0, -1024.0, 16, JPEGLSLossless),
+    "jpegls_signed_no_intercept": PixelEncoding(1, 1.0, 0.0, 16, JPEGLSLossless),
     "j2k_unsigned_12bit": PixelEncoding(0, 1.0, -1024.0, 12, JPEG2000Lossless),
     "j2k_signed": PixelEncoding(1, 1.0, -1024.0, 16, JPEG2000Lossless),
 }
@@ -421,13 +422,16 @@ def test_threaded_and_serial_decoding_give_the_same_volume(tmp_path, monkeypatch
     np.testing.assert_allclose(serial.array, volume.array, atol=0.5)
 
 
-def test_jpeg_ls_is_decoded_by_charls_giving_what_every_decoder_gives(tmp_path, monkeypatch):
+@pytest.mark.parametrize("encoding", ["jpegls_unsigned", "jpegls_signed_no_intercept"])
+def test_jpeg_ls_is_decoded_by_charls_giving_what_every_decoder_gives(
+    tmp_path, monkeypatch, encoding
+):
     from pydicom.pixels import pixel_array
 
     import survfed.common.imaging.dicom_read as dr
 
     volume = _sphere(np.eye(3))
-    paths = _write(volume, tmp_path, ENCODINGS["jpegls_unsigned"])
+    paths = _write(volume, tmp_path, ENCODINGS[encoding])
     plan = plan_series([read_header(p) for p in paths])
     assert dr._has_decoder(JPEGLSLossless, "pyjpegls")  # a declared dependency
     fast = load_series(plan)
