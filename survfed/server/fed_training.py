@@ -246,7 +246,8 @@ def run_federated_training(
         edges = make_time_grid(fed.train.grid_max_days, fed.train.grid_step_days)
         baseline = baseline_from_aggregates(aggregates, edges)
         run.write_baseline(baseline, aggregates)
-    log(f"baseline hazard from {len(aggregates)} sites' sums")
+    n = len(aggregates)
+    log(f"baseline hazard from the sums of {n} site{'' if n == 1 else 's'}")
 
     final = evaluate_state(
         state,
