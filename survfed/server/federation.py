@@ -429,6 +429,31 @@ def log_tail(path: Path | None, log: Callable[[str], None], lines: int = 40) -> 
     log(f"end of the ServerApp log ({path}):\n" + "\n".join(tail))
 
 
+def watch_run(
+    connection: FlwrConnection,
+    run_id: int,
+    fed: FederationConfig,
+    *,
+    timeout_s: float,
+    log: Callable[[str], None],
+    watch_sites: bool = True,
+) -> tuple[str, Path | None]:
+    """:func:`monitor_run` to the end, then :func:`keep_run_log`: (final status, kept log).
+
+    A run that does not end normally (the timeout, Ctrl-C) is stopped and its log kept before
+    the error goes on.
+    """
+    try:
+        status = monitor_run(
+            connection, run_id, fed, timeout_s=timeout_s, log=log, watch_sites=watch_sites
+        )
+    except BaseException:
+        stop_run(connection, run_id)
+        keep_run_log(connection, run_id, fed.run_path, log)
+        raise
+    return status, keep_run_log(connection, run_id, fed.run_path, log)
+
+
 def stop_run(connection: FlwrConnection, run_id: int) -> None:
     """Ask the SuperLink to stop a run (``flwr stop``); errors are ignored (best effort)."""
     try:
@@ -503,15 +528,9 @@ def run_federation(
         started = time.monotonic()
         run_id, fed = submit_federated_run(link, settings, node_ids, resume=resume)
         log(f"run {run_id} submitted: {fed.num_server_rounds} rounds of {fed.strategy}")
-        try:
-            status = monitor_run(
-                link.connection, run_id, fed, timeout_s=settings.run_timeout_s, log=log
-            )
-        except BaseException:
-            stop_run(link.connection, run_id)
-            keep_run_log(link.connection, run_id, fed.run_path, log)
-            raise
-        kept = keep_run_log(link.connection, run_id, fed.run_path, log)
+        status, kept = watch_run(
+            link.connection, run_id, fed, timeout_s=settings.run_timeout_s, log=log
+        )
         summary_path = fed.run_path / "summary.json"
         summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
         if not status.endswith("completed"):

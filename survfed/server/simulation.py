@@ -23,14 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from survfed.app.config import FederationConfig, simulation_sites
-from survfed.server.federation import (
-    RunOutcome,
-    keep_run_log,
-    log_tail,
-    monitor_run,
-    stop_run,
-    write_app_dir,
-)
+from survfed.server.federation import RunOutcome, log_tail, watch_run, write_app_dir
 from survfed.server.flwr_home import submit_run
 from survfed.server.superlink import SuperLink, SuperLinkConfig
 
@@ -124,20 +117,9 @@ def run_simulation(
             },
         )
         log(f"run {run_id} submitted (SuperLink log {link_cfg.log_file})")
-        try:
-            status = monitor_run(
-                link.connection,
-                run_id,
-                fed,
-                timeout_s=settings.timeout_s,
-                log=log,
-                watch_sites=False,
-            )
-        except BaseException:
-            stop_run(link.connection, run_id)
-            keep_run_log(link.connection, run_id, fed.run_path, log)
-            raise
-        kept = keep_run_log(link.connection, run_id, fed.run_path, log)
+        status, kept = watch_run(
+            link.connection, run_id, fed, timeout_s=settings.timeout_s, log=log, watch_sites=False
+        )
         if not status.endswith("completed"):
             log_tail(kept, log)
     summary_path = fed.run_path / "summary.json"
