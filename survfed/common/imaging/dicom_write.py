@@ -182,8 +182,13 @@ def hu_to_stored(hu: np.ndarray, encoding: PixelEncoding) -> np.ndarray:
 
 
 def _ds(value: float) -> str:
-    """A Decimal String of at most 16 characters."""
-    return format_number_as_ds(float(value))
+    """A Decimal String of at most 16 characters.
+
+    pydicom's formatter can round up into one more digit (``-99.99999999999989`` becomes
+    ``-100.000000000000``, 17 characters); formatting its own result again fixes that.
+    """
+    text = format_number_as_ds(float(value))
+    return text if len(text) <= 16 else format_number_as_ds(float(text))
 
 
 def _patient_position(direction: np.ndarray) -> str:

@@ -76,6 +76,18 @@ def test_pydicom_reads_exact_values_without_warnings(
             np.testing.assert_array_equal(hu, expected[k])
 
 
+def test_positions_that_round_up_a_digit_stay_16_characters(tmp_path: Path):
+    """A real scan's geometry (PyRadiomics' lung2) puts slice 52 at z = -99.99999999999989 mm,
+    which pydicom's formatter writes as 17 characters (``-100.000000000000``)."""
+    origin = (-170.5, -324.5, -359.9999999999999)
+    volume = Volume(np.zeros((54, 4, 4), np.float32), (5.0, 0.6269531, 0.6269531), origin)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        paths = write_ct_series(volume, tmp_path, _meta(), PixelEncoding())
+        ds = pydicom.dcmread(paths[52])
+    assert [str(v) for v in ds.ImagePositionPatient] == ["-170.5", "-324.5", "-100.0"]
+
+
 @pytest.mark.parametrize("direction", [np.eye(3), np.diag([-1.0, 1.0, -1.0]), OBLIQUE])
 def test_geometry_attributes(tmp_path: Path, direction: np.ndarray):
     volume = _volume(direction)
