@@ -145,7 +145,7 @@ class SitePreprocessResult:
         workers: worker processes used.
         outcomes: one per usable patient, sorted by patient ID.
         seconds: wall time of the whole run.
-        export_dir: where NIfTI files were written, if asked.
+        export_dir: where NIfTI files and QC pictures were written, if asked.
         notices: one-line notices (device fallback, ...).
     """
 
@@ -224,7 +224,7 @@ class SitePreprocessResult:
                 f"(min {min(vols) / 1000:.2f}, max {max(vols) / 1000:.2f})"
             )
         if self.export_dir:
-            lines.append(f"NIfTI files in {self.export_dir}")
+            lines.append(f"NIfTI files and QC pictures (<id>_qc.png) in {self.export_dir}")
         failed = [o for o in self.outcomes if o.status == "failed"]
         if failed:
             lines.append("failed:")
@@ -290,8 +290,11 @@ def _run_task(task: _Task) -> PatientOutcome:
                 if stale != task.path:
                     stale.unlink(missing_ok=True)
             scan.save(task.path)
-        if task.export_dir is not None:
+        if task.export_dir is not None:  # for built and reused patients alike
+            from survfed.common.imaging.preprocess.qc_figure import save_qc_png  # matplotlib
+
             export_nifti(scan, task.export_dir, task.patient_id, **_geometry(task.plan))
+            save_qc_png(scan, task.export_dir, task.patient_id)
     except SeriesError as exc:
         return PatientOutcome(
             **base,
@@ -350,8 +353,10 @@ def preprocess_site(
         device: ``"auto"``, ``"cpu"`` or ``"cuda"`` (resolved once, here).
         workers: worker processes (1 = in this process).
         progress: show a tqdm bar over patients.
-        export_dir: also write each patient's NIfTI files there (see
-            :mod:`survfed.common.imaging.preprocess.export`).
+        export_dir: also write each patient's three NIfTI files and QC picture there (see
+            :mod:`survfed.common.imaging.preprocess.export` and
+            :mod:`survfed.common.imaging.preprocess.qc_figure`), for patients read from the
+            cache too.
         notify: receives one-line notices (the CPU fallback); they are also in the result.
 
     Returns:

@@ -51,7 +51,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         metavar="DIR",
         help="also write per patient <id>_preprocessed.nii.gz, <id>_lung.nii.gz and "
-        "<id>_mask.nii.gz (masks in the CT series' geometry) for 3D Slicer / ITK-SNAP",
+        "<id>_mask.nii.gz (masks in the CT series' geometry) for 3D Slicer / ITK-SNAP, and "
+        "<id>_qc.png, a quality-control picture (slices with the lung and mask contours)",
     )
     parser.add_argument(
         "--clear-cache",

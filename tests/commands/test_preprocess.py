@@ -1,4 +1,4 @@
-"""``survfed preprocess``: summary, cache reuse, JSON, NIfTI export geometry, exit codes."""
+"""``survfed preprocess``: summary, cache reuse, JSON, NIfTI and QC picture export, exit codes."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from matplotlib.image import imread
 
 from survfed.cli import main
 from survfed.client.catalogue import catalogue_site
@@ -29,7 +30,7 @@ def test_preprocess_exports_and_reuses(site: Path, tmp_path: Path, capsys) -> No
     assert main([*args, "--device", "cpu", "--export", str(export)]) == 0
     out = capsys.readouterr().out
     assert "2 usable patients — 2 preprocessed, 0 from the cache, 0 failed" in out
-    assert f"NIfTI files in {export}" in out
+    assert f"NIfTI files and QC pictures (<id>_qc.png) in {export}" in out
     catalogue = catalogue_site(site)
     for patient in catalogue.usable_patients:
         pid = patient.patient_id
@@ -47,10 +48,16 @@ def test_preprocess_exports_and_reuses(site: Path, tmp_path: Path, capsys) -> No
         assert set(np.unique(lung)) == {0, 1, 2} and (mask[lung > 0] == 1).all()
         hu = sitk.GetArrayFromImage(series)
         assert np.median(hu[lung > 0]) < -700  # the lungs land on the scan's lungs
+        assert imread(export / f"{pid}_qc.png").shape[:2] == (560, 960)
+    assert len(list(export.iterdir())) == 4 * len(catalogue.usable_patients)
     assert main([*args, "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert (data["built"], data["reused"], data["failed"]) == (0, 2, 0)
     assert data["mean_lung_volume_ml"] > 1000 and len(data["outcomes"]) == 2
+    again = tmp_path / "again"  # patients read from the cache are exported too
+    assert main([*args, "--export", str(again)]) == 0
+    assert "0 preprocessed, 2 from the cache" in capsys.readouterr().out
+    assert sorted(p.name for p in again.iterdir()) == sorted(p.name for p in export.iterdir())
     assert main([*args, "--clear-cache"]) == 0
     assert "removed 3 file(s)" in capsys.readouterr().out
 

@@ -1,6 +1,6 @@
 """NIfTI export of a preprocessed scan, for viewing in 3D Slicer or ITK-SNAP next to the scan.
 
-Three files per patient:
+Three NIfTI files per patient (:func:`export_nifti`):
 
 * ``<id>_preprocessed.nii.gz`` — the uint8 crop with its spacing and origin (identity direction);
 * ``<id>_lung.nii.gz`` — the lungs after step 3 (uint8: 0 outside, 1 right, 2 left);
@@ -8,18 +8,31 @@ Three files per patient:
 
 the two masks resampled (nearest neighbour) onto the original series' grid: same size, spacing,
 origin and direction as the CT series, so they overlay the scan voxel for voxel.
+
+``survfed preprocess --export`` also writes a fourth file, ``<id>_qc.png``, a quality-control
+picture of the crop with the lung and mask contours (:mod:`.qc_figure`). :func:`export_stem`
+turns a patient ID into the ``<id>`` part of all four names.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
 
 from survfed.common.imaging.preprocess.result import PreprocessedScan
 
-__all__ = ["export_nifti", "mask_in_geometry"]
+__all__ = ["export_nifti", "export_stem", "mask_in_geometry"]
+
+
+def export_stem(patient_id: str) -> str:
+    """The ``<id>`` of the export file names: ``patient_id`` with every character other than
+    letters, digits, ``-`` and ``_`` replaced by ``_`` (``"_"`` for an empty ID)."""
+    if not isinstance(patient_id, str):
+        raise TypeError(f"patient_id must be a str, got {type(patient_id).__name__}")
+    return re.sub(r"[^A-Za-z0-9_-]", "_", patient_id) or "_"
 
 
 def _scan_image(scan: PreprocessedScan, array: np.ndarray):  # -> SimpleITK.Image
@@ -86,20 +99,18 @@ def export_nifti(
     Args:
         scan: the preprocessed scan.
         out_dir: folder (created if needed).
-        patient_id: used in the file names (characters other than letters, digits, ``-`` and
-            ``_`` become ``_``).
+        patient_id: used in the file names (:func:`export_stem`: characters other than letters,
+            digits, ``-`` and ``_`` become ``_``).
         shape, spacing, origin, direction: the original series' geometry.
 
     Returns:
         The paths ``(preprocessed, lung, mask)``.
     """
-    import re
-
     import SimpleITK as sitk
 
+    stem = export_stem(patient_id)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    stem = re.sub(r"[^A-Za-z0-9_-]", "_", patient_id) or "_"
     paths = (
         out / f"{stem}_preprocessed.nii.gz",
         out / f"{stem}_lung.nii.gz",
