@@ -5,9 +5,10 @@ VENV ?= .venv
 TORCH_VERSION ?= 2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.survfed-installed
+REAL_CT ?= .cache/real-ct
 DEMO_OUT ?= demo-run
 
-.PHONY: setup demo test test-all lint bench gpu-check clean
+.PHONY: setup demo test test-all lint bench gpu-check real-ct clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,12 +22,17 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/survfed demo --out $(DEMO_OUT)
 
-test: $(STAMP)
-	$(BIN)/ruff check survfed tests benchmarks
-	$(BIN)/python -m pytest -n 2 -m "not gpu" --durations=15
+# Two real chest CT scans from PyRadiomics' source archive on PyPI (checksummed; see
+# benchmarks/fetch_real_ct.py): the tests check the lung pipeline on them, not only on phantoms.
+real-ct:
+	$(PYTHON) benchmarks/fetch_real_ct.py --out $(REAL_CT)
 
-test-all: $(STAMP)
-	$(BIN)/python -m pytest -n 2
+test: $(STAMP) real-ct
+	$(BIN)/ruff check survfed tests benchmarks
+	SURVFED_REAL_CT=$(abspath $(REAL_CT)) $(BIN)/python -m pytest -n 2 -m "not gpu" --durations=15
+
+test-all: $(STAMP) real-ct
+	SURVFED_REAL_CT=$(abspath $(REAL_CT)) $(BIN)/python -m pytest -n 2
 
 lint: $(STAMP)
 	$(BIN)/ruff check survfed tests benchmarks

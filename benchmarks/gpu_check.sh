@@ -12,9 +12,10 @@
 # Steps, each with its own time limit and log OUT_DIR/<step>.log:
 #   env         torch, CUDA device, CuPy, CPU cores
 #   gpu-tests   pytest -m gpu: the CUDA preprocessing path against the CPU path (in worker
-#               processes too), N-Net output on CUDA (fp32, bf16) against the CPU, bf16 detector
-#               and survival training
-#   preprocess  benchmarks/preprocess.py: standard-preset scans (512x512, ~150-300 slices):
+#               processes too; on the real scans too when present), N-Net output on CUDA
+#               (fp32, bf16) against the CPU, bf16 detector and survival training
+#   preprocess  benchmarks/preprocess.py: standard-preset scans (512x512, ~150-300 slices),
+#               and the two real chest CT scans of .cache/real-ct when present (make real-ct):
 #               DICOM read, CPU path, GPU path, their ratio, DICOM -> cached tensor, agreement
 #   detector    benchmarks/detector.py: N-Net training patches/s and whole-scan inference s
 #               on CPU and CUDA (bf16) against FLOPs / the measured matrix throughput
@@ -106,10 +107,14 @@ step gpu-tests "$PY" -m pytest -m gpu -q -p no:cacheprovider --basetemp "$WORK/p
     tests/common/detection/test_inference.py \
     tests/common/detection/test_train.py \
     tests/common/survival/test_train.py \
-    tests/commands/test_preprocess.py
+    tests/commands/test_preprocess.py \
+    tests/common/imaging/preprocess/test_real_ct.py
 
+# the two real chest CT scans, when carried along (make real-ct fetches them)
+REAL_CT_ARGS=()
+[ -f .cache/real-ct/lung2_image.nrrd ] && REAL_CT_ARGS=(--real-ct .cache/real-ct)
 step preprocess "$PY" benchmarks/preprocess.py --out "$WORK/pp-cohort" \
-    --patients "$PATIENTS" --workers "$PATIENTS"
+    --patients "$PATIENTS" --workers "$PATIENTS" "${REAL_CT_ARGS[@]}"
 
 step detector "$PY" benchmarks/detector.py
 

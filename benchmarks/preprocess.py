@@ -10,14 +10,17 @@ so ~150–300 slices a scan) unless --out holds one, then for each patient times
   writing the cache file),
 
 and prints a markdown table, with the lung Dice against the generator's truth mask.
+``--real-ct DIR`` adds the two real chest CT scans that ``make real-ct`` fetches (512 × 512,
+5 mm slices; no truth mask), written as a site of DICOM files first.
 
     python benchmarks/preprocess.py [--out DIR] [--patients 2] [--site stanford] [--spacing 1]
-        [--workers N]
+        [--workers N] [--real-ct .cache/real-ct]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import statistics
 import tempfile
@@ -53,6 +56,15 @@ def _cupy() -> str:
     return "CuPy" if cupy_backend() is not None else "CPU (no CuPy)"
 
 
+def _real_ct_module():
+    """``benchmarks/fetch_real_ct.py``, which writes the real scans as a site."""
+    path = Path(__file__).with_name("fetch_real_ct.py")
+    spec = importlib.util.spec_from_file_location("fetch_real_ct", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=None, help="cohort folder (kept if given)")
@@ -62,6 +74,9 @@ def main() -> None:
     parser.add_argument("--spacing", type=float, default=1.0, help="target spacing, mm")
     parser.add_argument(
         "--workers", type=int, default=None, help="processes writing the cohort (default 2)"
+    )
+    parser.add_argument(
+        "--real-ct", type=Path, default=None, metavar="DIR", help="also the real scans in DIR"
     )
     args = parser.parse_args()
 
@@ -92,9 +107,17 @@ def main() -> None:
 
     rows, step_rows = [], []
     warmed = False
-    sites = sorted(p.name for p in out.iterdir() if p.is_dir() and not p.name.startswith("_"))
-    for site in sites:
-        catalogue = catalogue_site(out / site)
+    sites = [
+        (out / name, out / "_truth" / name)
+        for name in sorted(p.name for p in out.iterdir() if p.is_dir() and p.name[0] != "_")
+    ]
+    scratch_site = None
+    if args.real_ct is not None:
+        scratch_site = tempfile.TemporaryDirectory(prefix="survfed-bench-real-ct-")
+        _real_ct_module().write_site(args.real_ct, Path(scratch_site.name))
+        sites.append((Path(scratch_site.name), None))
+    for site_dir, truth_dir in sites:
+        catalogue = catalogue_site(site_dir)
         for patient in catalogue.usable_patients:
             pid = patient.patient_id
             start = time.perf_counter()
@@ -103,7 +126,7 @@ def main() -> None:
             start = time.perf_counter()
             cpu = preprocess_volume(volume, config, device="cpu")
             cpu_s = time.perf_counter() - start
-            dice = _dice(cpu, out / "_truth" / site / f"{pid}_lung.nii.gz")
+            dice = _dice(cpu, truth_dir / f"{pid}_lung.nii.gz") if truth_dir else float("nan")
             step_rows.append((pid, [cpu.timings.get(s, 0.0) for s in STEPS]))
             gpu_s = total_s = float("nan")
             agree = ""
@@ -138,7 +161,8 @@ def main() -> None:
         total = f"{total_s:.2f}" if cuda else "no CUDA device"
         print(
             f"| {pid} | {shape} | {sk:.2f} | {read_s:.2f} | {cpu_s:.2f} | {gpu} | {ratio} "
-            f"| {total} | {dice:.4f} | {agree or 'no CUDA device'} |"
+            f"| {total} | {'no truth' if np.isnan(dice) else f'{dice:.4f}'} "
+            f"| {agree or 'no CUDA device'} |"
         )
     print("\n### CPU path, seconds per step\n")
     print("| patient | " + " | ".join(STEPS) + " |")
@@ -150,8 +174,9 @@ def main() -> None:
             f"\nmedian CPU path {statistics.median(r[4] for r in rows):.2f} s per scan "
             f"(seed 003's published CPU code: ~85 s on one core for 300×512×512, DESIGN.md)"
         )
-    if tmp is not None:
-        tmp.cleanup()
+    for folder in (tmp, scratch_site):
+        if folder is not None:
+            folder.cleanup()
 
 
 if __name__ == "__main__":
