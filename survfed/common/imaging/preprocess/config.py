@@ -16,8 +16,12 @@ from dataclasses import asdict, dataclass, fields
 
 __all__ = ["PIPELINE_VERSION", "PreprocessConfig", "PreprocessError"]
 
-PIPELINE_VERSION = 1
-"""Bumped whenever the pipeline's code changes what it produces (part of the fingerprint)."""
+PIPELINE_VERSION = 2
+"""Bumped whenever the pipeline's code changes what it produces (part of the fingerprint).
+
+2: scans whose lungs reach the side edge of the field of view carry a warning (images and masks
+are as in 1, but cached scans of 1 would lack the warning).
+"""
 
 
 class PreprocessError(ValueError):

@@ -37,6 +37,7 @@ __all__ = [
     "DEVICES",
     "assemble_scan",
     "check_body",
+    "field_of_view_contact_mm2",
     "preprocess_volume",
     "preprocess_volume_cpu",
     "resolve_device",
@@ -52,6 +53,8 @@ MIN_BODY_FRACTION = 0.01
 """A scan needs at least this fraction of its measured voxels above -500 HU (a body)."""
 SMALL_LUNGS_L = 1.0
 """Both lungs together below this volume get a warning (partial scan?)."""
+FOV_CONTACT_MM2 = 100.0
+"""Lung on the side edge of the field of view from this area (mm²) on gets a warning."""
 
 
 def resolve_device(device: str) -> tuple[str, str | None]:
@@ -96,8 +99,45 @@ def check_body(n_body: int, n_measured: int) -> None:
         )
 
 
-def scan_warnings(lungs: np.ndarray, separated: bool, config: PreprocessConfig) -> list[str]:
-    """Warnings about a segmented scan (partial coverage, unseparated lungs, small lungs)."""
+def field_of_view_contact_mm2(
+    lungs: np.ndarray, measured: np.ndarray | None, spacing: float
+) -> float:
+    """Area (mm²) of lung that touches the side edge of the field of view, in the slice planes.
+
+    A lung voxel touches it when one of its four in-plane neighbours lies outside the grid or
+    was not measured (``measured`` False: outside the reconstruction circle or the scan). A
+    small reconstruction field of view (a large patient, a heart-centred scan) cuts the lungs at
+    the sides this way, as a short scan cuts them at the top or bottom.
+
+    Args:
+        lungs: bool ``(Z, Y, X)``.
+        measured: bool ``(Z, Y, X)``, True where the smoothed image has a value; ``None`` =
+            everywhere.
+        spacing: the grid's voxel size in mm.
+    """
+    inside = np.ones(lungs.shape, dtype=bool) if measured is None else measured
+    padded = np.pad(inside, ((0, 0), (1, 1), (1, 1)), constant_values=False)
+    surrounded = (
+        padded[:, :-2, 1:-1] & padded[:, 2:, 1:-1] & padded[:, 1:-1, :-2] & padded[:, 1:-1, 2:]
+    )
+    return float(np.count_nonzero(lungs & ~surrounded)) * spacing**2
+
+
+def scan_warnings(
+    lungs: np.ndarray,
+    separated: bool,
+    config: PreprocessConfig,
+    measured: np.ndarray | None = None,
+) -> list[str]:
+    """Warnings about a segmented scan (partial coverage, unseparated lungs, small lungs).
+
+    Args:
+        lungs: bool ``(Z, Y, X)``, both lungs after step 3.
+        separated: whether step 3 found two lungs.
+        config: the settings.
+        measured: bool ``(Z, Y, X)``, where the smoothed image has a value (``None`` =
+            everywhere); lungs next to an unmeasured voxel touch the field of view's edge.
+    """
     notes: list[str] = []
     volume_l = float(np.count_nonzero(lungs)) * config.spacing_mm**3 / 1e6
     ends = [name for name, z in (("bottom", 0), ("top", lungs.shape[0] - 1)) if lungs[z].any()]
@@ -105,6 +145,12 @@ def scan_warnings(lungs: np.ndarray, separated: bool, config: PreprocessConfig) 
         notes.append(
             f"the lungs reach the {' and '.join(ends)} slice of the scan: the scan may not cover "
             "the whole chest"
+        )
+    contact = field_of_view_contact_mm2(lungs, measured, config.spacing_mm)
+    if contact >= FOV_CONTACT_MM2:
+        notes.append(
+            f"the lungs reach the side edge of the image ({contact / 100:.1f} cm² of lung on the "
+            "edge of the field of view): the reconstruction may cut off part of the lungs"
         )
     if volume_l < SMALL_LUNGS_L:
         notes.append(
@@ -180,7 +226,7 @@ def preprocess_volume_cpu(volume: Volume, config: PreprocessConfig) -> Preproces
     separation = separate_lungs(lungs, config, NUMPY)
     timer.lap("separate")
     union = separation.right | separation.left
-    notes = scan_warnings(union, separation.separated, config)
+    notes = scan_warnings(union, separation.separated, config, smooth_measured)
     start, stop = crop_box(union, config.margin_vox)
     crop = tuple(slice(a, b) for a, b in zip(start, stop, strict=True))
     right, left = separation.right[crop], separation.left[crop]

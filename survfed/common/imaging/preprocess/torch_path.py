@@ -381,7 +381,7 @@ def preprocess_volume_torch(
             backend = NUMPY
             right, left, separated = _mask_steps(air, measured, config, backend, dev, timer)
         union = right | left
-        notes = scan_warnings(union.cpu().numpy(), separated, config)
+        notes = scan_warnings(union.cpu().numpy(), separated, config, measured)
         box = _box(union, config.margin_vox)
         assert box is not None  # select_lungs found lungs
         start = tuple(int(s.start) for s in box)

@@ -27,6 +27,7 @@ def make_chest(
     *,
     direction: np.ndarray | None = None,
     fov_padding: float | None = None,
+    fov_radius: float = 195.0,
     trachea: bool = True,
     lungs: bool = True,
     z_range: tuple[float, float] = (-160.0, 160.0),
@@ -40,6 +41,7 @@ def make_chest(
         spacing: voxel size in mm (isotropic).
         direction: ITK direction of the volume (default identity; e.g. flips for feet-first).
         fov_padding: value written outside a circular field of view (e.g. -2000), or None.
+        fov_radius: that circle's radius in mm (the lungs reach 125 mm from the centre).
         trachea: draw the trachea (to the top of the volume) and two bronchi into the lungs.
         lungs: draw the lungs at all.
         z_range: patient z extent of the scan, mm.
@@ -69,7 +71,7 @@ def make_chest(
     if noise > 0:
         hu += np.random.default_rng(seed).normal(0.0, noise, hu.shape).astype(np.float32)
     if fov_padding is not None:
-        hu[np.hypot(X, Y) > 195.0] = fov_padding
+        hu[np.hypot(X, Y) > fov_radius] = fov_padding
     array = np.ascontiguousarray(np.transpose(hu, (2, 1, 0)))  # (z, y, x) = (k, j, i)
     # lay the same patient grid out along ``direction`` (flip axes as needed)
     flips = [direction[a, a] < 0 for a in range(3)]  # only axis flips are supported here

@@ -19,6 +19,7 @@ from survfed.common.imaging.preprocess import (
     preprocess_volume,
     resolve_device,
 )
+from survfed.common.imaging.preprocess.pipeline import field_of_view_contact_mm2
 from survfed.common.imaging.preprocess.torch_path import preprocess_volume_torch
 from survfed.common.imaging.volume import Volume
 
@@ -190,6 +191,44 @@ def test_partial_chest_scans(chest) -> None:
     lower_half = chest(z_range=(-160.0, 20.0))
     scan = preprocess_volume(lower_half, CONFIG, device="cpu")
     assert any("top slice" in w for w in scan.warnings)
+
+
+def test_lungs_cut_by_the_field_of_view(chest) -> None:
+    """A reconstruction circle that cuts the lungs at the sides is warned about, on both paths;
+    one that clears them (the default 195 mm against lungs reaching 125 mm) is not."""
+    whole = preprocess_volume(chest(fov_padding=-2000.0), CONFIG, device="cpu")
+    assert not whole.warnings
+    volume = chest(fov_padding=-2000.0, fov_radius=110.0)
+    cut = preprocess_volume(volume, CONFIG, device="cpu")
+    (warning,) = cut.warnings
+    assert warning.startswith("the lungs reach the side edge of the image (")
+    (same,) = preprocess_volume_torch(volume, CONFIG, device="cpu").warnings  # area within 1 %
+    assert same.split(" (")[0] == warning.split(" (")[0]
+    # the same cut by the grid's own edge instead of padding: a 220 mm wide image
+    narrow = chest()
+    i = np.arange(narrow.shape[2], dtype=np.float64)
+    x = narrow.voxel_to_patient(np.stack([0 * i, 0 * i, i], axis=-1))[:, 0]
+    columns = np.flatnonzero(np.abs(x) <= 110.0)
+    cropped = Volume(
+        np.ascontiguousarray(narrow.array[:, :, columns]),
+        narrow.spacing,
+        tuple(narrow.voxel_to_patient((0, 0, columns[0]))),
+        narrow.direction,
+    )
+    assert any("side edge" in w for w in preprocess_volume(cropped, CONFIG, device="cpu").warnings)
+
+
+def test_field_of_view_contact_area() -> None:
+    lungs = np.zeros((2, 6, 6), bool)
+    lungs[:, 2:4, 0:3] = True  # 2 × 2 voxels per slice on column 0
+    assert field_of_view_contact_mm2(lungs, None, 2.0) == 4 * 4.0
+    measured = np.ones_like(lungs)
+    measured[:, :, 0] = False  # column 0 unmeasured: column 1 touches it
+    lungs[:, :, 0] = False
+    assert field_of_view_contact_mm2(lungs, measured, 1.0) == 4.0
+    assert field_of_view_contact_mm2(lungs[:, 1:5, 1:5], None, 1.0) == 4.0  # on the grid edge
+    lungs[:, 2:4, 1:3] = False
+    assert field_of_view_contact_mm2(lungs, measured, 1.0) == 0.0
 
 
 def test_device_choice() -> None:

@@ -14,6 +14,8 @@ segmentation:
   -400 HU not connected to the image border, components above 200 ml, 3D then per-slice hole
   filling): it keeps the trachea and the thin lung slivers that the paper's pipeline drops,
   so agreement is high but not 1;
+* a scan of part of the chest, or a field of view that cuts the lungs at the sides, gets an
+  error or a warning that says so;
 * the torch path (run on the CPU here; on CUDA at a site) gives the same result as the SciPy
   path, the criterion the GPU path is held to.
 
@@ -38,7 +40,11 @@ import torch
 
 from survfed.cli import main
 from survfed.client.catalogue import catalogue_site
-from survfed.common.imaging.preprocess import PreprocessConfig, preprocess_volume
+from survfed.common.imaging.preprocess import (
+    PreprocessConfig,
+    PreprocessError,
+    preprocess_volume,
+)
 from survfed.common.imaging.preprocess.export import mask_in_geometry
 from survfed.common.imaging.preprocess.torch_path import preprocess_volume_torch
 from survfed.common.imaging.volume import Volume
@@ -162,6 +168,46 @@ def test_lungs_agree_with_a_threshold_segmentation(scans_1mm, real_site) -> None
         reference = _threshold_lungs(volume.to_sitk())
         dice = _dice(sitk.GetArrayFromImage(ours) > 0, reference)
         assert dice >= 0.95, (pid, dice)
+
+
+def test_a_field_of_view_that_cuts_the_lungs_is_warned(scans_1mm) -> None:
+    """``lung2`` reconstructed on a 200 mm field of view (the middle 320 × 320 pixels), as for a
+    large patient or a heart-centred scan: the lungs run into the image's sides."""
+    volume, whole = scans_1mm["REAL-2"]
+    assert not any("side edge" in w for w in whole.warnings)
+    j0, i0 = (volume.shape[1] - 320) // 2, (volume.shape[2] - 320) // 2
+    narrow = Volume(
+        np.ascontiguousarray(volume.array[:, j0 : j0 + 320, i0 : i0 + 320]),
+        volume.spacing,
+        tuple(volume.voxel_to_patient((0, j0, i0))),
+        volume.direction,
+    )
+    scan = preprocess_volume(narrow, PreprocessConfig(), device="cpu")
+    (warning,) = [w for w in scan.warnings if "side edge" in w]
+    area_cm2 = float(warning.split("(")[1].split(" cm²")[0])
+    assert area_cm2 > 100.0  # 307 cm² of lung on the cut (both sides, every slice)
+
+
+def _slices(volume: Volume, k0: int, k1: int) -> Volume:
+    return Volume(
+        np.ascontiguousarray(volume.array[k0:k1]),
+        volume.spacing,
+        tuple(volume.voxel_to_patient((k0, 0, 0))),
+        volume.direction,
+    )
+
+
+def test_scans_of_part_of_the_chest(scans_1mm) -> None:
+    """``lung2`` cut short: its lowest 75 mm (lung bases only) is refused with the reason; its
+    upper half is kept, with a warning that the lungs reach the bottom slice."""
+    volume, _ = scans_1mm["REAL-2"]
+    with pytest.raises(PreprocessError, match="may cover only part of the chest"):
+        preprocess_volume(_slices(volume, 0, 15), PreprocessConfig(), device="cpu")
+    upper = preprocess_volume(_slices(volume, 30, 61), PreprocessConfig(), device="cpu")
+    assert upper.warnings == (
+        "the lungs reach the bottom slice of the scan: the scan may not cover the whole chest",
+    )
+    assert np.count_nonzero(upper.lung_labels == 2) > 0  # both lungs still found
 
 
 def _same_scan(got, cpu, pid: str) -> None:
