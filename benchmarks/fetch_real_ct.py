@@ -101,14 +101,18 @@ def fetch(out: Path) -> list[Path]:
 
 
 def write_site(data_dir: Path, site: Path) -> dict[str, Path]:
-    """Write the scans of ``data_dir`` as a survfed site: ``dicom/<patient>/``, ``clinical.csv``.
+    """Write the scans of ``data_dir`` as a survfed site: ``dicom/<patient>/``, ``clinical.csv``,
+    ``nodules.csv``.
 
     Each scan becomes a CT Image Storage series written by survfed's DICOM writer (the HU are
-    the NRRD's, unchanged); ``clinical.csv`` gives each patient a made-up follow-up.
+    the NRRD's, unchanged); ``clinical.csv`` gives each patient a made-up follow-up;
+    ``nodules.csv`` holds each scan's labelled lesion: the centre of its voxels (patient mm) and
+    the diameter of the sphere of the same volume.
 
     Returns:
         Patient ID → the lesion label file of that patient's scan.
     """
+    import numpy as np
     import SimpleITK as sitk
     from pydicom.uid import generate_uid
 
@@ -117,6 +121,7 @@ def write_site(data_dir: Path, site: Path) -> dict[str, Path]:
 
     uids = ("study_instance_uid", "series_instance_uid", "frame_of_reference_uid")
     labels = {}
+    lesions = ["patient_id,x_mm,y_mm,z_mm,diameter_mm"]
     for case, (patient_id, syntax) in CASES.items():
         image = sitk.ReadImage(str(data_dir / f"{case}_image.nrrd"))
         meta = SeriesMeta(
@@ -127,8 +132,14 @@ def write_site(data_dir: Path, site: Path) -> dict[str, Path]:
         encoding = PixelEncoding(transfer_syntax_uid=syntax)
         write_ct_series(Volume.from_sitk(image), site / "dicom" / patient_id, meta, encoding)
         labels[patient_id] = data_dir / f"{case}_label.nrrd"
+        label = Volume.from_sitk(sitk.ReadImage(str(labels[patient_id])))
+        voxels = np.argwhere(label.array > 0).astype(np.float64)
+        x, y, z = label.voxel_to_patient(voxels).mean(axis=0)
+        diameter = (6.0 * len(voxels) * float(np.prod(label.spacing)) / np.pi) ** (1.0 / 3.0)
+        lesions.append(f"{patient_id},{x:.2f},{y:.2f},{z:.2f},{diameter:.2f}")
     rows = [f"{pid},{400 * (n + 1)},{n % 2}" for n, pid in enumerate(labels)]
     (site / "clinical.csv").write_text("\n".join(["patient_id,time_days,event", *rows, ""]))
+    (site / "nodules.csv").write_text("\n".join([*lesions, ""]))
     return labels
 
 
