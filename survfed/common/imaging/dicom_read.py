@@ -46,6 +46,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import (
     UID,
+    DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
@@ -68,6 +69,8 @@ __all__ = [
 ]
 
 _PIXEL_DATA_TAG = (0x7FE0, 0x0010)
+_ITEM_TAG = (0xFFFE, 0xE000)
+_SEQUENCE_DELIMITER_TAG = (0xFFFE, 0xE0DD)
 _MEDIA_DIRECTORY = "1.2.840.10008.1.3.10"
 _ORIENTATION_ATOL = 1e-3  # direction cosines: equal / orthonormal within this
 _DUPLICATE_ATOL_MM = 0.01  # two slices closer than this along the normal are duplicates
@@ -215,8 +218,43 @@ def _floats(ds: pydicom.Dataset, keyword: str, count: int) -> tuple[float, ...] 
     return tuple(values)
 
 
+def _fragments_problem(fp, start: int, file_size: int, endian: str) -> str | None:
+    """Walk the items of encapsulated pixel data from ``start`` to the sequence delimiter.
+
+    Each item header (8 bytes: tag, length) is read and its value skipped, so the check costs a
+    few reads per file however large the fragments, and elements that may follow the pixel data
+    (such as DataSetTrailingPadding, which some scanners write) do not hide the delimiter.
+    """
+    position = start
+    while True:
+        fp.seek(position)
+        head = fp.read(8)
+        if len(head) < 8:
+            return "compressed pixel data truncated (no end-of-sequence delimiter)"
+        group, element = np.frombuffer(head[:4], dtype=f"{endian}u2")
+        tag = (int(group), int(element))
+        if tag == _SEQUENCE_DELIMITER_TAG:
+            return None
+        if tag != _ITEM_TAG:
+            return (
+                f"compressed pixel data damaged: tag ({tag[0]:04X},{tag[1]:04X}) where a "
+                "fragment or the end of the fragments should be"
+            )
+        length = int(np.frombuffer(head[4:8], dtype=f"{endian}u4")[0])
+        position += 8 + length
+        if length == 0xFFFFFFFF or position > file_size:
+            return "compressed pixel data truncated (a fragment runs past the end of the file)"
+
+
 def _pixel_problem(fp, ds: pydicom.Dataset, file_size: int) -> str | None:
-    """Check the element after the header (``fp`` sits on it) is complete pixel data."""
+    """Check the element after the header (``fp`` sits on it) is complete pixel data.
+
+    Deflated files are compressed as a whole after their meta header, so their pixel data
+    cannot be found in the raw bytes: they are not checked here (decoding still is).
+    """
+    transfer_syntax = _text(getattr(ds, "file_meta", pydicom.Dataset()), "TransferSyntaxUID")
+    if transfer_syntax == DeflatedExplicitVRLittleEndian:
+        return None
     start = fp.tell()
     head = fp.read(12)
     if len(head) < 8:
@@ -234,13 +272,8 @@ def _pixel_problem(fp, ds: pydicom.Dataset, file_size: int) -> str | None:
             return "pixel data truncated"
         length = int(np.frombuffer(head[8:12], dtype=f"{endian}u4")[0])
         value_start = start + 12
-    if length == 0xFFFFFFFF:  # encapsulated: must end with a sequence delimiter
-        fp.seek(max(file_size - 64, value_start))
-        tail = fp.read()
-        delimiter = b"\xfe\xff\xdd\xe0" if endian == "<" else b"\xff\xfe\xe0\xdd"
-        if delimiter not in tail:
-            return "compressed pixel data truncated (no end-of-sequence delimiter)"
-        return None
+    if length == 0xFFFFFFFF:  # encapsulated
+        return _fragments_problem(fp, value_start, file_size, endian)
     if length == 0:
         return "no pixel data (PixelData is empty)"
     if value_start + length > file_size:

@@ -11,6 +11,7 @@ import pytest
 import SimpleITK as sitk
 from pydicom.pixels import apply_rescale
 from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGLSLossless,
@@ -322,6 +323,55 @@ def test_truncated_pixel_data_is_detected_from_the_header(tmp_path: Path, encodi
     with pytest.raises(SeriesError, match="truncated") as info:
         plan_series([read_header(p) for p in paths])
     assert info.value.path == paths[6]
+
+
+def test_compressed_pixels_followed_by_trailing_padding_are_complete(tmp_path: Path):
+    """Some scanners write DataSetTrailingPadding (FFFC,FFFC) after the pixel data: the end of
+    the fragments is then not at the end of the file, and the file is not truncated."""
+    paths = _write(_sphere(np.eye(3)), tmp_path, ENCODINGS["rle_signed_no_intercept"])
+    expected = read_series(paths).array
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        ds.add_new(0xFFFCFFFC, "OB", b"\0" * 256)
+        ds.save_as(path)
+    assert read_header(paths[3]).pixel_problem is None
+    np.testing.assert_array_equal(read_series(paths).array, expected)
+    data = paths[3].read_bytes()  # cut inside the last fragment, padding and delimiter gone
+    paths[3].write_bytes(data[: len(data) - 300])
+    assert "truncated" in read_header(paths[3]).pixel_problem
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "MR_small_implicit.dcm",
+        "MR_small_bigendian.dcm",
+        "MR_small_RLE.dcm",
+        "MR_small_jpeg_ls_lossless.dcm",
+        "MR_small_jp2klossless.dcm",
+    ],
+)
+def test_other_encoders_files_give_the_uncompressed_values(name: str):
+    """pydicom's MR_small test image as other toolkits encoded it (the compressed ones end with
+    trailing padding after the fragments) reads as the uncompressed original."""
+    reference = read_series([pydicom.data.get_testdata_file("MR_small.dcm")]).array
+    path = Path(pydicom.data.get_testdata_file(name))
+    assert read_header(path).pixel_problem is None
+    np.testing.assert_array_equal(read_series([path]).array, reference)
+
+
+def test_deflated_series_is_read(tmp_path: Path):
+    """A deflated file's pixel data cannot be found in its raw bytes, so the header check
+    leaves it to decoding (pydicom's own deflated example is no longer called truncated)."""
+    assert read_header(pydicom.data.get_testdata_file("image_dfl.dcm")).pixel_problem is None
+    paths = _write(_sphere(np.eye(3)), tmp_path)
+    expected = read_series(paths).array
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+        ds.save_as(path)
+    assert read_header(paths[0]).pixel_problem is None
+    np.testing.assert_array_equal(read_series(paths).array, expected)
 
 
 def test_corrupt_compressed_pixels_fail_at_decode_naming_the_file(tmp_path: Path):
