@@ -360,6 +360,19 @@ def test_other_encoders_files_give_the_uncompressed_values(name: str):
     np.testing.assert_array_equal(read_series([path]).array, reference)
 
 
+@pytest.mark.parametrize("name", ["693_J2KI.dcm", "J2K_pixelrep_mismatch.dcm"])
+def test_real_jpeg2000_ct_slices_read_as_pydicom_decodes_them(name: str):
+    """Two real 512 × 512 CT slices in JPEG 2000 from pydicom's test data, one whose codestream
+    is unsigned while the header says signed (pydicom corrects the sign; so must we)."""
+    path = pydicom.data.get_testdata_file(name)
+    ds = pydicom.dcmread(path)
+    hu = apply_rescale(ds.pixel_array, ds).astype(np.float32)
+    assert read_header(path).pixel_problem is None
+    volume = read_series([path])
+    np.testing.assert_array_equal(volume.array[0], hu)
+    assert hu.min() < -900 and hu.max() > 500  # air and bone: HU, not raw stored values
+
+
 def test_deflated_series_is_read(tmp_path: Path):
     """A deflated file's pixel data cannot be found in its raw bytes, so the header check
     leaves it to decoding (pydicom's own deflated example is no longer called truncated)."""
