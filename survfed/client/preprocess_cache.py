@@ -224,7 +224,10 @@ class SitePreprocessResult:
                 f"(min {min(vols) / 1000:.2f}, max {max(vols) / 1000:.2f})"
             )
         if self.export_dir:
-            lines.append(f"NIfTI files and QC pictures (<id>_qc.png) in {self.export_dir}")
+            lines.append(
+                f"NIfTI files and QC pictures (<id>_qc.png) in {self.export_dir}; all patients "
+                f"on one page: {self.export_dir / 'index.html'}"
+            )
         failed = [o for o in self.outcomes if o.status == "failed"]
         if failed:
             lines.append("failed:")
@@ -356,7 +359,7 @@ def preprocess_site(
         export_dir: also write each patient's three NIfTI files and QC picture there (see
             :mod:`survfed.common.imaging.preprocess.export` and
             :mod:`survfed.common.imaging.preprocess.qc_figure`), for patients read from the
-            cache too.
+            cache too, and ``index.html`` listing them all (:mod:`survfed.client.qc_index`).
         notify: receives one-line notices (the CPU fallback); they are also in the result.
 
     Returns:
@@ -435,7 +438,7 @@ def preprocess_site(
             for future in _progress(as_completed(futures), len(futures), progress, desc):
                 outcomes.append(future.result())
     outcomes.sort(key=lambda o: o.patient_id)
-    return SitePreprocessResult(
+    result = SitePreprocessResult(
         site_dir=Path(catalogue.site_dir),
         folder=folder,
         fingerprint=config.fingerprint(),
@@ -446,6 +449,11 @@ def preprocess_site(
         export_dir=export,
         notices=tuple(notices),
     )
+    if export is not None:
+        from survfed.client.qc_index import write_qc_index
+
+        write_qc_index(result)
+    return result
 
 
 def load_preprocessed(

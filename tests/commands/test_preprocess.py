@@ -31,6 +31,7 @@ def test_preprocess_exports_and_reuses(site: Path, tmp_path: Path, capsys) -> No
     out = capsys.readouterr().out
     assert "2 usable patients — 2 preprocessed, 0 from the cache, 0 failed" in out
     assert f"NIfTI files and QC pictures (<id>_qc.png) in {export}" in out
+    assert f"all patients on one page: {export / 'index.html'}" in out
     catalogue = catalogue_site(site)
     for patient in catalogue.usable_patients:
         pid = patient.patient_id
@@ -49,7 +50,8 @@ def test_preprocess_exports_and_reuses(site: Path, tmp_path: Path, capsys) -> No
         hu = sitk.GetArrayFromImage(series)
         assert np.median(hu[lung > 0]) < -700  # the lungs land on the scan's lungs
         assert imread(export / f"{pid}_qc.png").shape[:2] == (560, 960)
-    assert len(list(export.iterdir())) == 4 * len(catalogue.usable_patients)
+        assert f'<img src="{pid}_qc.png"' in (export / "index.html").read_text()
+    assert len(list(export.iterdir())) == 4 * len(catalogue.usable_patients) + 1  # index.html
     assert main([*args, "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert (data["built"], data["reused"], data["failed"]) == (0, 2, 0)
