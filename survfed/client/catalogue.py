@@ -6,11 +6,13 @@ What happens to messy data (each skipped item becomes a :class:`Problem` with it
 * files that are not DICOM, unreadable or truncated → ``error`` for that file;
 * series whose Modality is not CT, or made only of localizer (scout) images → ``error`` for the
   series (it is not a CT volume), naming the modality;
-* several CT series per patient: the most recent study (StudyDate + StudyTime) wins, then the
-  thinnest slice spacing; the others are listed in :attr:`SitePatient.other_series` (not
-  problems). When the preferred series is unusable (see
-  :mod:`survfed.common.imaging.dicom_read` for the geometry rules) the next one is used and the
-  reason is reported;
+* several CT series per patient: projection images (MIP, MinIP: ImageType) only when nothing
+  else is usable; then the most recent study (StudyDate + StudyTime) wins, then original axial
+  images over reformats in other planes and DERIVED images, then the thinnest slice spacing; the
+  others are listed in :attr:`SitePatient.other_series` (not problems). Choosing a projection,
+  a reformat or derived images (nothing else usable) is a ``warning``. When the preferred series
+  is unusable (see :mod:`survfed.common.imaging.dicom_read` for the geometry rules) the next one
+  is used and the reason is reported;
 * repairs made to the chosen series (duplicate files dropped, uneven spacing resampled, gantry
   tilt corrected) → ``warning``;
 * a series without a clinical row, a clinical row without usable images, and every
@@ -254,6 +256,21 @@ class _Candidate:
             return self.plan.spacing[0]
         return _spacing_estimate(self.headers)
 
+    @property
+    def projection(self) -> bool:
+        """MIP, MinIP, average or rendering images: not the anatomy slice by slice."""
+        return any(h.is_projection for h in self.headers)
+
+    @property
+    def secondary(self) -> str:
+        """Why this is not an original axial acquisition ("" when it is): reformat, derived."""
+        first = self.headers[0]
+        if first.is_axial is False:
+            return "not axial (a reformat)"
+        if all(h.is_derived for h in self.headers):
+            return "derived images"
+        return ""
+
 
 def _scan(
     site_dir: Path,
@@ -306,8 +323,12 @@ def _choose(
             candidate.plan = plan_series(candidate.headers)
         except SeriesError as exc:
             candidate.error = exc
-    candidates.sort(key=lambda c: (c.spacing, c.uid))
-    candidates.sort(key=lambda c: c.datetime, reverse=True)  # stable: newest, then thinnest
+    # stable sorts, last key first: no projection series while another is usable; then the
+    # newest study; then original axial images before reformats and derived ones; then the
+    # thinnest slices
+    candidates.sort(key=lambda c: (bool(c.secondary), c.spacing, c.uid))
+    candidates.sort(key=lambda c: c.datetime, reverse=True)
+    candidates.sort(key=lambda c: c.projection)
     chosen = next((c for c in candidates if c.plan is not None), None)
     others: list[tuple[str, str]] = []
     status: dict[str, str] = {}
@@ -318,6 +339,17 @@ def _choose(
             status[candidate.uid] = "chosen"
             for note in candidate.plan.warnings:  # type: ignore[union-attr]
                 problems.append(Problem(patient_id, candidate.folder, note, "warning"))
+            if candidate.projection or candidate.secondary:
+                kind = "projection images (MIP/MinIP)" if candidate.projection else None
+                problems.append(
+                    Problem(
+                        patient_id,
+                        candidate.folder,
+                        f"the only usable CT series is {kind or candidate.secondary}: "
+                        "preprocessing and models expect original axial slices",
+                        "warning",
+                    )
+                )
             continue
         if candidate.error is not None:
             reason = candidate.error.reason
@@ -347,8 +379,12 @@ def _choose(
             continue
         assert chosen is not None
         why = (
-            "older study"
+            "projection images (MIP/MinIP)"
+            if candidate.projection and not chosen.projection
+            else "older study"
             if candidate.datetime < chosen.datetime
+            else candidate.secondary
+            if candidate.secondary and not chosen.secondary
             else f"thicker slices ({candidate.spacing:.2f} mm vs {chosen.spacing:.2f} mm)"
             if candidate.spacing > chosen.spacing
             else "another series of the same study"

@@ -324,6 +324,44 @@ def test_newest_study_then_thinnest_series_is_chosen(site: Path):
     assert len(p1.other_series) == 3
 
 
+def _retype(paths: list[Path], image_type: list[str]) -> None:
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        ds.ImageType = image_type
+        ds.save_as(path)
+
+
+CORONAL = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])  # slices along y
+
+
+def test_original_axial_images_beat_thinner_projections_and_reformats(site: Path):
+    """A study as PACS exports it: the acquisition (2.5 mm), a sliding MIP and a coronal
+    reformat with thinner spacing. The MIP is not anatomy slice by slice and the reformat is
+    derived from the acquisition: the acquisition is used, whatever the spacing."""
+    dicom, center = site / "dicom", sphere_center(0)
+    for patient in ("P1", "P2"):
+        shutil.rmtree(dicom / patient)
+    write_series(dicom, "P1", sphere_volume(center, spacing=(2.5, 1.25, 1.25)), tag="axial")
+    mip = write_series(dicom, "P1", sphere_volume(center, spacing=(1.0, 1.25, 1.25)), tag="mip")
+    _retype(mip, ["DERIVED", "SECONDARY", "AXIAL", "MIP"])
+    coronal = sphere_volume(center, spacing=(1.0, 1.25, 1.25), direction=CORONAL)
+    _retype(write_series(dicom, "P1", coronal, tag="coronal"), ["DERIVED", "SECONDARY", "MPR"])
+    # P2 has only a MIP series: it is used, with a warning
+    only = write_series(dicom, "P2", sphere_volume(sphere_center(1)), tag="mip")
+    _retype(only, ["DERIVED", "SECONDARY", "AXIAL", "MIP"])
+    catalogue = catalogue_site(site)
+    p1 = catalogue.patients["P1"]
+    assert p1.plan.spacing[0] == pytest.approx(2.5)
+    assert sorted(reason for _, reason in p1.other_series) == [
+        "not chosen: not axial (a reformat)",
+        "not chosen: projection images (MIP/MinIP)",
+    ]
+    assert catalogue.patients["P2"].usable
+    (warning,) = [p for p in catalogue.problems if p.severity == "warning"]
+    assert warning.patient_id == "P2" and "projection images" in warning.reason
+    assert not _errors(catalogue)
+
+
 def test_falls_back_when_the_preferred_series_is_unusable(site: Path):
     dicom = site / "dicom"
     newer = write_series(

@@ -69,6 +69,8 @@ __all__ = [
 ]
 
 _PIXEL_DATA_TAG = (0x7FE0, 0x0010)
+# ImageType values that mark projection images (vendors' terms and the Enhanced CT ones)
+_PROJECTION_TYPES = frozenset({"MIP", "MINIP", "MIN IP", "MAX IP", "PROJECTION IMAGE"})
 _ITEM_TAG = (0xFFFE, 0xE000)
 _SEQUENCE_DELIMITER_TAG = (0xFFFE, 0xE0DD)
 _MEDIA_DIRECTORY = "1.2.840.10008.1.3.10"
@@ -141,6 +143,26 @@ class DicomHeader:
     def is_localizer(self) -> bool:
         """True for scout/localizer images (ImageType contains LOCALIZER)."""
         return "LOCALIZER" in self.image_type
+
+    @property
+    def is_projection(self) -> bool:
+        """True for projection images (MIP, MinIP: a value of ImageType)."""
+        return any(value in _PROJECTION_TYPES for value in self.image_type)
+
+    @property
+    def is_derived(self) -> bool:
+        """True when ImageType's first value is DERIVED (reformats, projections, ...)."""
+        return bool(self.image_type) and self.image_type[0] == "DERIVED"
+
+    @property
+    def is_axial(self) -> bool | None:
+        """Whether the slice normal lies within 30° of the patient's z axis (None: no geometry)."""
+        if self.orientation is None:
+            return None
+        row, col = np.asarray(self.orientation[:3]), np.asarray(self.orientation[3:])
+        normal = np.cross(row, col)
+        norm = float(np.linalg.norm(normal))
+        return bool(norm > 0 and abs(float(normal[2])) / norm >= np.cos(np.radians(30.0)))
 
     @property
     def study_datetime(self) -> str:
