@@ -24,8 +24,10 @@ demo: $(STAMP)
 
 # Two real chest CT scans from PyRadiomics' source archive on PyPI (checksummed; see
 # benchmarks/fetch_real_ct.py): the tests check the lung pipeline on them, not only on phantoms.
+# Offline, their tests are skipped (CI sets SURVFED_REQUIRE_REAL_CT=1 to make that a failure).
 real-ct:
-	$(PYTHON) benchmarks/fetch_real_ct.py --out $(REAL_CT)
+	$(PYTHON) benchmarks/fetch_real_ct.py --out $(REAL_CT) || \
+		echo "make: the real chest CT scans could not be fetched (offline?): their tests are skipped"
 
 test: $(STAMP) real-ct
 	$(BIN)/ruff check survfed tests benchmarks
