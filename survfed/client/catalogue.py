@@ -124,8 +124,8 @@ class SitePatient:
 
     @property
     def files(self) -> tuple[Path, ...]:
-        """The chosen series' files, sorted along the slice normal."""
-        return tuple(h.path for h in self.plan.headers) if self.plan else ()
+        """The chosen series' files, sorted along the slice normal (a multi-frame file once)."""
+        return tuple(dict.fromkeys(h.path for h in self.plan.headers)) if self.plan else ()
 
     @property
     def usable(self) -> bool:

@@ -77,6 +77,8 @@ def _decode(text: str) -> DicomHeader:
     for name in _TUPLES:
         if data[name] is not None:
             data[name] = tuple(data[name])
+    if data["frame_positions"] is not None:
+        data["frame_positions"] = tuple(tuple(p) for p in data["frame_positions"])
     return DicomHeader(**data)
 
 

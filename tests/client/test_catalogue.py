@@ -16,6 +16,7 @@ from site_factory import (
     edit,
     make_site,
     series_files,
+    series_meta,
     sphere_center,
     sphere_volume,
     write_csv,
@@ -23,7 +24,7 @@ from site_factory import (
 )
 
 from survfed.client.catalogue import NotASiteError, SiteDataError, catalogue_site
-from survfed.common.imaging.dicom_write import PixelEncoding
+from survfed.common.imaging.dicom_write import PixelEncoding, write_enhanced_ct
 
 PATIENTS = ("P1", "P2", "P3")
 
@@ -360,6 +361,28 @@ def test_original_axial_images_beat_thinner_projections_and_reformats(site: Path
     (warning,) = [p for p in catalogue.problems if p.severity == "warning"]
     assert warning.patient_id == "P2" and "projection images" in warning.reason
     assert not _errors(catalogue)
+
+
+def test_an_enhanced_ct_file_is_a_series(site: Path, tmp_path: Path):
+    """P1's series as one Enhanced CT (multi-frame) file: usable, the same volume as its
+    slices in separate files, also when the headers come from the header cache."""
+    volume = sphere_volume(sphere_center(0), spacing=(2.5, 1.25, 1.25))
+    shutil.rmtree(site / "dicom" / "P1")
+    write_series(site / "dicom", "P1", volume, tag="files", study_date="20190101")
+    write_enhanced_ct(
+        volume,
+        site / "dicom" / "P1" / "enhanced" / "IM0001",
+        series_meta("P1", "enhanced", study_date="20230101"),
+        PixelEncoding(transfer_syntax_uid=RLELossless),
+    )
+    cache = tmp_path / "headers.sqlite"
+    for _ in range(2):  # the second run reads the header cache
+        catalogue = catalogue_site(site, header_cache=cache)
+        p1 = catalogue.patients["P1"]
+        assert p1.usable and not _errors(catalogue)
+        assert [f.name for f in p1.files] == ["IM0001"]  # the newer study: one file
+        assert p1.plan.n_slices == volume.shape[0]
+        np.testing.assert_array_equal(catalogue.load_volume("P1").array, volume.array)
 
 
 def test_falls_back_when_the_preferred_series_is_unusable(site: Path):

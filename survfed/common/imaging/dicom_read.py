@@ -26,13 +26,18 @@ Decisions (documented here because they change what a site trains on):
   is corrected by shifting each slice in-plane (linear interpolation, outside filled with the
   series minimum) so that the result is an orthogonal grid; a warning gives the tilt angle.
   Tilts above ``max_tilt_deg`` (45°) and positions that are not on one line are unusable.
-* **Mixed** orientations, image sizes or pixel spacings, missing geometry attributes,
-  multi-frame or colour images, and missing or truncated pixel data make the series unusable.
+* **Multi-frame** files (Enhanced CT: one file holding the series) are read frame by frame:
+  each frame's position, and the orientation, pixel spacing and rescale, come from the
+  functional groups (per frame, else shared), and every frame becomes one slice of the plan.
+  Multi-frame files without per-frame positions are unusable.
+* **Mixed** orientations, image sizes or pixel spacings, missing geometry attributes, colour
+  images, and missing or truncated pixel data make the series unusable.
 * **Rescale**: HU = stored × RescaleSlope + RescaleIntercept per slice (missing → 1 and 0).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import warnings
@@ -61,6 +66,7 @@ __all__ = [
     "DicomReadError",
     "SeriesError",
     "SeriesPlan",
+    "expand_frames",
     "load_series",
     "plan_series",
     "read_header",
@@ -138,6 +144,10 @@ class DicomHeader:
     number_of_frames: int
     samples_per_pixel: int
     pixel_problem: str | None  # None when pixel data is present and complete
+    # multi-frame (Enhanced CT) files: each frame's ImagePositionPatient, from the functional
+    # groups; :func:`expand_frames` turns the file into one header per frame (``frame`` set)
+    frame_positions: tuple[tuple[float, float, float], ...] | None = None
+    frame: int | None = None  # which frame of the file this header stands for
 
     @property
     def is_localizer(self) -> bool:
@@ -372,7 +382,10 @@ def _header_from(path: Path, ds: pydicom.Dataset, pixel_problem: str | None) -> 
         image_type = (image_type,) if isinstance(image_type, str) else tuple(image_type)
     except Exception:  # malformed value: treat as absent
         image_type = ()
-    spacing = _floats(ds, "PixelSpacing", 2)
+    groups = _functional_groups(ds)
+    spacing = groups.get("pixel_spacing") or _floats(ds, "PixelSpacing", 2)
+    if groups.get("problem") and not pixel_problem:
+        pixel_problem = groups["problem"]
     return DicomHeader(
         path=path,
         patient_id=_text(ds, "PatientID"),
@@ -387,20 +400,93 @@ def _header_from(path: Path, ds: pydicom.Dataset, pixel_problem: str | None) -> 
         series_description=_text(ds, "SeriesDescription"),
         image_type=tuple(str(v).upper() for v in image_type),
         frame_of_reference_uid=_text(ds, "FrameOfReferenceUID"),
-        orientation=_floats(ds, "ImageOrientationPatient", 6),  # type: ignore[arg-type]
+        orientation=groups.get("orientation")  # type: ignore[arg-type]
+        or _floats(ds, "ImageOrientationPatient", 6),
         position=_floats(ds, "ImagePositionPatient", 3),  # type: ignore[arg-type]
         pixel_spacing=spacing if spacing and min(spacing) > 0 else None,  # type: ignore[arg-type]
-        slice_thickness=(_floats(ds, "SliceThickness", 1) or (None,))[0],
+        slice_thickness=groups.get("slice_thickness")  # type: ignore[arg-type]
+        or (_floats(ds, "SliceThickness", 1) or (None,))[0],
         rows=_int(ds, "Rows"),
         columns=_int(ds, "Columns"),
         transfer_syntax_uid=transfer_syntax,
-        rescale_slope=(_floats(ds, "RescaleSlope", 1) or (1.0,))[0],
-        rescale_intercept=(_floats(ds, "RescaleIntercept", 1) or (0.0,))[0],
+        rescale_slope=groups.get("rescale_slope")  # type: ignore[arg-type]
+        or (_floats(ds, "RescaleSlope", 1) or (1.0,))[0],
+        rescale_intercept=groups.get("rescale_intercept")  # type: ignore[arg-type]
+        if groups.get("rescale_intercept") is not None
+        else (_floats(ds, "RescaleIntercept", 1) or (0.0,))[0],
         instance_number=_int(ds, "InstanceNumber"),
         number_of_frames=_int(ds, "NumberOfFrames") or 1,
         samples_per_pixel=_int(ds, "SamplesPerPixel") or 1,
         pixel_problem=pixel_problem,
+        frame_positions=groups.get("positions"),  # type: ignore[arg-type]
     )
+
+
+def _group_value(item: pydicom.Dataset, sequence: str, keyword: str, count: int):
+    """``item.<sequence>[0].<keyword>`` as ``count`` floats, or None."""
+    try:
+        inner = item.get(sequence)
+        return _floats(inner[0], keyword, count) if inner else None
+    except Exception:
+        return None
+
+
+def _functional_groups(ds: pydicom.Dataset) -> dict[str, object]:
+    """Geometry and rescale of a multi-frame (Enhanced CT) file from its functional groups.
+
+    Each value is looked up in the frame's own group first, then in the shared group. Returns
+    ``{}`` for a file without per-frame groups; otherwise ``positions`` (one per frame),
+    ``orientation``, ``pixel_spacing``, ``slice_thickness``, ``rescale_slope`` and
+    ``rescale_intercept`` where found, and ``problem`` when frames differ in orientation,
+    spacing or rescale (not supported: a series needs one of each) or a frame has no position.
+    """
+    try:
+        per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+        if not per_frame:
+            return {}
+        shared_seq = ds.get("SharedFunctionalGroupsSequence")
+        shared = shared_seq[0] if shared_seq else pydicom.Dataset()
+    except Exception:
+        return {"problem": "unreadable functional groups (multi-frame header)"}
+    lookups = {
+        "orientation": ("PlaneOrientationSequence", "ImageOrientationPatient", 6),
+        "pixel_spacing": ("PixelMeasuresSequence", "PixelSpacing", 2),
+        "slice_thickness": ("PixelMeasuresSequence", "SliceThickness", 1),
+        "rescale_slope": ("PixelValueTransformationSequence", "RescaleSlope", 1),
+        "rescale_intercept": ("PixelValueTransformationSequence", "RescaleIntercept", 1),
+    }
+    found: dict[str, set] = {name: set() for name in lookups}
+    positions = []
+    for index, frame in enumerate(per_frame):
+        position = _group_value(frame, "PlanePositionSequence", "ImagePositionPatient", 3)
+        if position is None:
+            return {"problem": f"frame {index + 1} has no ImagePositionPatient"}
+        positions.append(position)
+        for name, (sequence, keyword, count) in lookups.items():
+            value = _group_value(frame, sequence, keyword, count)
+            found[name].add(value or _group_value(shared, sequence, keyword, count))
+    out: dict[str, object] = {"positions": tuple(positions)}
+    for name, values in found.items():
+        if len(values) > 1:
+            return {"problem": f"frames differ in {lookups[name][1]} (not supported)"}
+        (value,) = values
+        if value is not None:
+            out[name] = value if len(value) > 1 else value[0]
+    return out
+
+
+def expand_frames(headers: Sequence[DicomHeader]) -> list[DicomHeader]:
+    """One header per frame for multi-frame files with frame positions; others as they are."""
+    out: list[DicomHeader] = []
+    for header in headers:
+        if header.frame_positions is None or header.frame is not None:
+            out.append(header)
+            continue
+        out.extend(
+            dataclasses.replace(header, position=position, frame=index, frame_positions=None)
+            for index, position in enumerate(header.frame_positions)
+        )
+    return out
 
 
 # ----------------------------------------------------------------------------- planning
@@ -409,6 +495,12 @@ def _header_from(path: Path, ds: pydicom.Dataset, pixel_problem: str | None) -> 
 def _require_geometry(header: DicomHeader) -> None:
     if header.pixel_problem:
         raise SeriesError(header.path, header.pixel_problem)
+    if header.number_of_frames != 1 and header.frame is None:
+        raise SeriesError(
+            header.path,
+            f"multi-frame image ({header.number_of_frames} frames) without per-frame positions "
+            "(PerFrameFunctionalGroupsSequence) not supported",
+        )
     for attribute, keyword in (
         ("orientation", "ImageOrientationPatient"),
         ("position", "ImagePositionPatient"),
@@ -418,10 +510,6 @@ def _require_geometry(header: DicomHeader) -> None:
     ):
         if getattr(header, attribute) is None:
             raise SeriesError(header.path, f"missing or invalid {keyword}")
-    if header.number_of_frames != 1:
-        raise SeriesError(
-            header.path, f"multi-frame image ({header.number_of_frames} frames) not supported"
-        )
     if header.samples_per_pixel != 1:
         raise SeriesError(
             header.path, f"not a grayscale image (SamplesPerPixel={header.samples_per_pixel})"
@@ -517,8 +605,31 @@ def _stored_pixels(ds: pydicom.Dataset) -> np.ndarray:
     return ds.pixel_array
 
 
+def _decode_frames(header: DicomHeader) -> np.ndarray:
+    """Decode every frame of a multi-frame file into float32 HU, ``(frames, rows, columns)``."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            stored = _stored_pixels(_read_full(header.path))
+    except Exception as exc:
+        raise SeriesError(header.path, f"cannot decode pixel data ({exc})") from exc
+    if stored.ndim == 2:  # one frame
+        stored = stored[None]
+    expected = (header.number_of_frames, header.rows, header.columns)
+    if stored.shape != expected:
+        raise SeriesError(
+            header.path, f"decoded pixel array has shape {stored.shape}, expected {expected}"
+        )
+    hu = stored.astype(np.float32)
+    hu *= np.float32(header.rescale_slope)
+    hu += np.float32(header.rescale_intercept)
+    return hu
+
+
 def _decode_hu(header: DicomHeader) -> np.ndarray:
-    """Decode one slice into float32 HU, ``(rows, columns)``."""
+    """Decode one slice (or one frame) into float32 HU, ``(rows, columns)``."""
+    if header.frame is not None:  # the whole file is decoded: load_series does it once
+        return _decode_frames(header)[header.frame]
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -616,6 +727,7 @@ def plan_series(
         raise ValueError("headers must not be empty")
     if not max_gap_ratio > 1:
         raise ValueError(f"max_gap_ratio must be > 1, got {max_gap_ratio}")
+    headers = expand_frames(headers)
     for header in headers:
         _require_geometry(header)
     direction = _check_consistent(headers)
@@ -733,7 +845,17 @@ def load_series(plan: SeriesPlan) -> Volume:
     stack = np.empty((n, int(first.rows or 0), int(first.columns or 0)), dtype=np.float32)
     workers = min(8, os.cpu_count() or 1)
     pixels = int(first.rows or 0) * int(first.columns or 0)
-    if n >= 16 and workers > 1 and pixels >= _THREADED_DECODE_MIN_PIXELS:
+    if any(h.frame is not None for h in plan.headers):  # multi-frame: each file decoded once
+        files: dict[Path, np.ndarray] = {}
+        for index, header in enumerate(plan.headers):
+            if header.frame is None:
+                stack[index] = _decode_hu(header)
+                continue
+            if header.path not in files:
+                files[header.path] = _decode_frames(header)
+            stack[index] = files[header.path][header.frame]
+        del files
+    elif n >= 16 and workers > 1 and pixels >= _THREADED_DECODE_MIN_PIXELS:
         # decoders (CharLS, OpenJPEG, RLE) and NumPy release the GIL for much of their work
         with ThreadPoolExecutor(max_workers=workers) as pool:
             for index, hu in enumerate(pool.map(_decode_hu, plan.headers)):

@@ -38,15 +38,19 @@ from survfed.common.imaging.volume import Volume
 
 __all__ = [
     "CT_IMAGE_STORAGE",
+    "ENHANCED_CT_IMAGE_STORAGE",
     "SUPPORTED_TRANSFER_SYNTAXES",
     "PixelEncoding",
     "SeriesMeta",
     "hu_to_stored",
     "write_ct_series",
+    "write_enhanced_ct",
 ]
 
 CT_IMAGE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.2")
 """SOP Class UID of CT Image Storage."""
+ENHANCED_CT_IMAGE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.2.1")
+"""SOP Class UID of Enhanced CT Image Storage (one multi-frame file per series)."""
 
 SUPPORTED_TRANSFER_SYNTAXES: tuple[UID, ...] = (
     ExplicitVRLittleEndian,
@@ -339,3 +343,105 @@ def write_ct_series(
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
+
+
+def _item(**attributes: object) -> Dataset:
+    item = Dataset()
+    for keyword, value in attributes.items():
+        setattr(item, keyword, value)
+    return item
+
+
+def write_enhanced_ct(
+    volume: Volume, path: Path, meta: SeriesMeta, encoding: PixelEncoding
+) -> Path:
+    """The whole volume as one Enhanced CT Image Storage file (multi-frame, one frame per slice).
+
+    Geometry and rescale go into the functional groups, as scanners that export Enhanced CT
+    write them: PixelMeasures (PixelSpacing, SliceThickness), PlaneOrientation and
+    PixelValueTransformation (RescaleSlope/Intercept) shared by all frames, PlanePosition
+    (ImagePositionPatient) and FrameContent per frame. ImageType is ``ORIGINAL\\PRIMARY\\VOLUME
+    \\NONE``. Pixels are stored with ``encoding`` (compressed frame by frame when it says so).
+
+    Args:
+        volume: ``(K, J, I)`` HU volume; frame ``k`` is slice ``k``.
+        path: the file to write (its folder is created).
+        meta: patient/study/series identity.
+        encoding: stored-value encoding and transfer syntax.
+
+    Returns:
+        ``path``.
+    """
+    if not isinstance(volume, Volume):
+        raise TypeError(f"volume must be a Volume, got {type(volume).__name__}")
+    if not np.all(np.isfinite(volume.array)):
+        raise ValueError("volume.array holds NaN or infinite values")
+    n_frames = volume.shape[0]
+    ds = _base_dataset(volume, meta, encoding)
+    for keyword in (
+        "ImageOrientationPatient",
+        "PixelSpacing",
+        "SliceThickness",
+        "RescaleIntercept",
+        "RescaleSlope",
+        "RescaleType",
+        "WindowCenter",
+        "WindowWidth",
+    ):
+        delattr(ds, keyword)  # they live in the functional groups
+    ds.SOPClassUID = ENHANCED_CT_IMAGE_STORAGE
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "VOLUME", "NONE"]
+    sop_uid = generate_uid(prefix=_UID_PREFIX, entropy_srcs=[meta.series_instance_uid, "mf"])
+    ds.SOPInstanceUID = sop_uid
+    ds.InstanceNumber = 1
+    ds.NumberOfFrames = n_frames
+    direction = volume.direction
+    sk, sj, si = volume.spacing
+    thickness = meta.slice_thickness_mm if meta.slice_thickness_mm else sk
+    ds.SharedFunctionalGroupsSequence = [
+        _item(
+            PixelMeasuresSequence=[
+                _item(PixelSpacing=[_ds(sj), _ds(si)], SliceThickness=_ds(thickness))
+            ],
+            PlaneOrientationSequence=[
+                _item(
+                    ImageOrientationPatient=[_ds(v) for v in (*direction[:, 0], *direction[:, 1])]
+                )
+            ],
+            PixelValueTransformationSequence=[
+                _item(
+                    RescaleIntercept=_ds(encoding.rescale_intercept),
+                    RescaleSlope=_ds(encoding.rescale_slope),
+                    RescaleType="HU",
+                )
+            ],
+        )
+    ]
+    origin = np.asarray(volume.origin, dtype=np.float64)
+    ds.PerFrameFunctionalGroupsSequence = [
+        _item(
+            PlanePositionSequence=[
+                _item(ImagePositionPatient=[_ds(v) for v in origin + k * sk * direction[:, 2]])
+            ],
+            FrameContentSequence=[_item(InStackPositionNumber=k + 1)],
+        )
+        for k in range(n_frames)
+    ]
+    file_meta = FileMetaDataset()
+    file_meta.MediaStorageSOPClassUID = ENHANCED_CT_IMAGE_STORAGE
+    file_meta.MediaStorageSOPInstanceUID = sop_uid
+    file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    file_meta.ImplementationClassUID = pydicom.uid.PYDICOM_IMPLEMENTATION_UID
+    file_meta.ImplementationVersionName = f"PYDICOM {pydicom.__version__}"[:16]
+    ds.file_meta = file_meta
+    pixels = np.ascontiguousarray(hu_to_stored(volume.array, encoding))
+    if UID(encoding.transfer_syntax_uid) == ExplicitVRLittleEndian:
+        ds.PixelData = pixels.tobytes()
+        ds["PixelData"].VR = "OW"
+    else:
+        ds.compress(encoding.transfer_syntax_uid, pixels, generate_instance_uid=False)
+        ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path

@@ -29,7 +29,12 @@ from survfed.common.imaging.dicom_read import (
     read_header,
     read_series,
 )
-from survfed.common.imaging.dicom_write import PixelEncoding, SeriesMeta, write_ct_series
+from survfed.common.imaging.dicom_write import (
+    PixelEncoding,
+    SeriesMeta,
+    write_ct_series,
+    write_enhanced_ct,
+)
 from survfed.common.imaging.volume import Volume
 
 CENTER = np.array([14.0, -22.0, -130.0])  # sphere centre, LPS mm
@@ -504,3 +509,40 @@ def test_jpeg_ls_is_decoded_by_charls_giving_what_every_decoder_gives(
         np.testing.assert_array_equal(hu, stored * header.rescale_slope + header.rescale_intercept)
     monkeypatch.setattr(dr, "_PREFERRED_DECODER", {JPEGLSLossless: "no-such-decoder"})
     np.testing.assert_array_equal(load_series(plan).array, fast.array)  # pydicom's own choice
+
+
+@pytest.mark.parametrize("orientation", ["axial_head_first", "feet_first", "oblique"])
+@pytest.mark.parametrize("encoding", ["native_signed", "jpegls_unsigned"])
+def test_enhanced_ct_reads_as_the_same_series_of_single_files(
+    tmp_path: Path, orientation: str, encoding: str
+):
+    """One Enhanced CT file (geometry and rescale in the functional groups) gives the volume
+    the same slices give as separate files."""
+    volume = _sphere(ORIENTATIONS[orientation])
+    expected = read_series(_write(volume, tmp_path / "files", ENCODINGS[encoding]))
+    path = write_enhanced_ct(volume, tmp_path / "enhanced.dcm", _meta(), ENCODINGS[encoding])
+    header = read_header(path)
+    assert header.number_of_frames == SHAPE[0] and len(header.frame_positions) == SHAPE[0]
+    assert header.pixel_problem is None
+    got = read_series([path])
+    np.testing.assert_array_equal(got.array, expected.array)
+    assert got.spacing == pytest.approx(expected.spacing)
+    np.testing.assert_allclose(got.origin, expected.origin, atol=1e-6)
+    np.testing.assert_allclose(got.direction, expected.direction, atol=1e-9)
+
+
+def test_enhanced_ct_frames_that_differ_or_lack_positions_are_explained(tmp_path: Path):
+    path = write_enhanced_ct(_sphere(np.eye(3)), tmp_path / "e.dcm", _meta(), PixelEncoding())
+    ds = pydicom.dcmread(path)
+    frame = ds.PerFrameFunctionalGroupsSequence[3]
+    frame.PixelValueTransformationSequence = [pydicom.Dataset()]
+    frame.PixelValueTransformationSequence[0].RescaleIntercept = "0"
+    frame.PixelValueTransformationSequence[0].RescaleSlope = "1"
+    ds.save_as(tmp_path / "rescale.dcm")
+    with pytest.raises(SeriesError, match="frames differ in RescaleIntercept"):
+        read_series([tmp_path / "rescale.dcm"])
+    ds = pydicom.dcmread(path)
+    del ds.PerFrameFunctionalGroupsSequence
+    ds.save_as(tmp_path / "legacy.dcm")
+    with pytest.raises(SeriesError, match="without per-frame positions"):
+        read_series([tmp_path / "legacy.dcm"])

@@ -20,10 +20,12 @@ from scipy.spatial.transform import Rotation
 
 from survfed.common.imaging.dicom_write import (
     CT_IMAGE_STORAGE,
+    ENHANCED_CT_IMAGE_STORAGE,
     PixelEncoding,
     SeriesMeta,
     hu_to_stored,
     write_ct_series,
+    write_enhanced_ct,
 )
 from survfed.common.imaging.volume import Volume
 
@@ -197,3 +199,24 @@ def test_bad_write_arguments(tmp_path: Path):
     bad = Volume(np.full((1, 4, 4), np.nan, np.float32), (1.0, 1.0, 1.0))
     with pytest.raises(ValueError, match="NaN"):
         write_ct_series(bad, tmp_path, _meta(), PixelEncoding())
+
+
+@pytest.mark.parametrize("direction", [np.eye(3), np.diag([-1.0, 1.0, -1.0]), OBLIQUE])
+@pytest.mark.parametrize("transfer_syntax", [ExplicitVRLittleEndian, RLELossless])
+def test_enhanced_ct_is_read_by_simpleitk_with_its_geometry(
+    tmp_path: Path, direction: np.ndarray, transfer_syntax
+):
+    """GDCM (through SimpleITK) reads the multi-frame file's functional groups independently
+    of survfed's reader: same voxels, spacing, origin and direction."""
+    volume = _volume(direction)
+    encoding = PixelEncoding(transfer_syntax_uid=transfer_syntax)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        path = write_enhanced_ct(volume, tmp_path / "e.dcm", _meta(), encoding)
+        ds = pydicom.dcmread(path)
+    assert ds.SOPClassUID == ENHANCED_CT_IMAGE_STORAGE and ds.NumberOfFrames == 5
+    image = sitk.ReadImage(str(path))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(image), volume.array)
+    np.testing.assert_allclose(image.GetSpacing(), volume.spacing[::-1], atol=1e-6)
+    np.testing.assert_allclose(image.GetOrigin(), volume.origin, atol=1e-4)
+    np.testing.assert_allclose(np.reshape(image.GetDirection(), (3, 3)), direction, atol=1e-6)
