@@ -606,7 +606,7 @@ def _stored_pixels(ds: pydicom.Dataset) -> np.ndarray:
 
 
 def _decode_frames(header: DicomHeader) -> np.ndarray:
-    """Decode every frame of a multi-frame file into float32 HU, ``(frames, rows, columns)``."""
+    """Decode every frame of ``header``'s file into float32 HU, ``(frames, rows, columns)``."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -627,25 +627,9 @@ def _decode_frames(header: DicomHeader) -> np.ndarray:
 
 
 def _decode_hu(header: DicomHeader) -> np.ndarray:
-    """Decode one slice (or one frame) into float32 HU, ``(rows, columns)``."""
-    if header.frame is not None:  # the whole file is decoded: load_series does it once
-        return _decode_frames(header)[header.frame]
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ds = _read_full(header.path)
-            stored = _stored_pixels(ds)
-    except Exception as exc:
-        raise SeriesError(header.path, f"cannot decode pixel data ({exc})") from exc
-    expected = (header.rows, header.columns)
-    if stored.shape != expected:
-        raise SeriesError(
-            header.path, f"decoded pixel array has shape {stored.shape}, expected {expected}"
-        )
-    hu = stored.astype(np.float32)
-    hu *= np.float32(header.rescale_slope)
-    hu += np.float32(header.rescale_intercept)
-    return hu
+    """Decode one slice (or one frame: the whole file is decoded, so :func:`load_series`
+    decodes a multi-frame file once) into float32 HU, ``(rows, columns)``."""
+    return _decode_frames(header)[header.frame or 0]
 
 
 def _short(path: Path) -> str:

@@ -253,6 +253,28 @@ def _base_dataset(volume: Volume, meta: SeriesMeta, encoding: PixelEncoding) -> 
     return ds
 
 
+def _set_pixels(
+    ds: Dataset, sop_class: UID, sop_uid: str, hu: np.ndarray, encoding: PixelEncoding
+) -> None:
+    """File meta and PixelData of ``ds``: ``hu`` (one slice, or frames) stored as ``encoding``
+    says, compressed (frame by frame) for the compressed transfer syntaxes."""
+    file_meta = FileMetaDataset()
+    file_meta.MediaStorageSOPClassUID = sop_class
+    file_meta.MediaStorageSOPInstanceUID = sop_uid
+    file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    file_meta.ImplementationClassUID = pydicom.uid.PYDICOM_IMPLEMENTATION_UID
+    file_meta.ImplementationVersionName = f"PYDICOM {pydicom.__version__}"[:16]
+    ds.file_meta = file_meta
+    pixels = np.ascontiguousarray(hu_to_stored(hu, encoding))
+    transfer_syntax = UID(encoding.transfer_syntax_uid)
+    if transfer_syntax == ExplicitVRLittleEndian:
+        ds.PixelData = pixels.tobytes()
+        ds["PixelData"].VR = "OW"
+    else:
+        ds.compress(transfer_syntax, pixels, generate_instance_uid=False)
+        ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
+
+
 def write_ct_series(
     volume: Volume,
     out_dir: Path,
@@ -322,21 +344,7 @@ def write_ct_series(
         ds.ImagePositionPatient = [_ds(v) for v in position]
         ds.SliceLocation = _ds(float(position @ normal))
 
-        file_meta = FileMetaDataset()
-        file_meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE
-        file_meta.MediaStorageSOPInstanceUID = sop_uid
-        file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        file_meta.ImplementationClassUID = pydicom.uid.PYDICOM_IMPLEMENTATION_UID
-        file_meta.ImplementationVersionName = f"PYDICOM {pydicom.__version__}"[:16]
-        ds.file_meta = file_meta
-
-        pixels = np.ascontiguousarray(hu_to_stored(volume.array[k], encoding))  # per slice
-        if transfer_syntax == ExplicitVRLittleEndian:
-            ds.PixelData = pixels.tobytes()
-            ds["PixelData"].VR = "OW"
-        else:
-            ds.compress(transfer_syntax, pixels, generate_instance_uid=False)
-            ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
+        _set_pixels(ds, CT_IMAGE_STORAGE, sop_uid, volume.array[k], encoding)
 
         path = out_dir / file_names[k]
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -427,20 +435,7 @@ def write_enhanced_ct(
         )
         for k in range(n_frames)
     ]
-    file_meta = FileMetaDataset()
-    file_meta.MediaStorageSOPClassUID = ENHANCED_CT_IMAGE_STORAGE
-    file_meta.MediaStorageSOPInstanceUID = sop_uid
-    file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    file_meta.ImplementationClassUID = pydicom.uid.PYDICOM_IMPLEMENTATION_UID
-    file_meta.ImplementationVersionName = f"PYDICOM {pydicom.__version__}"[:16]
-    ds.file_meta = file_meta
-    pixels = np.ascontiguousarray(hu_to_stored(volume.array, encoding))
-    if UID(encoding.transfer_syntax_uid) == ExplicitVRLittleEndian:
-        ds.PixelData = pixels.tobytes()
-        ds["PixelData"].VR = "OW"
-    else:
-        ds.compress(encoding.transfer_syntax_uid, pixels, generate_instance_uid=False)
-        ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
+    _set_pixels(ds, ENHANCED_CT_IMAGE_STORAGE, sop_uid, volume.array, encoding)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)
