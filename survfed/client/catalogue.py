@@ -262,14 +262,28 @@ class _Candidate:
         return any(h.is_projection for h in self.headers)
 
     @property
-    def secondary(self) -> str:
-        """Why this is not an original axial acquisition ("" when it is): reformat, derived."""
-        first = self.headers[0]
-        if first.is_axial is False:
+    def not_original(self) -> str:
+        """Why this is not an original axial acquisition ("" when it is)."""
+        if self.projection:
+            return "projection images (MIP/MinIP)"
+        if self.headers[0].is_axial is False:
             return "not axial (a reformat)"
         if all(h.is_derived for h in self.headers):
             return "derived images"
         return ""
+
+
+def _why_not_chosen(candidate: _Candidate, chosen: _Candidate) -> str:
+    """Why a usable series lost to the chosen one (the order of :func:`_choose`'s sorts)."""
+    if candidate.projection and not chosen.projection:
+        return candidate.not_original
+    if candidate.datetime < chosen.datetime:
+        return "older study"
+    if candidate.not_original and not chosen.not_original:
+        return candidate.not_original
+    if candidate.spacing > chosen.spacing:
+        return f"thicker slices ({candidate.spacing:.2f} mm vs {chosen.spacing:.2f} mm)"
+    return "another series of the same study"
 
 
 def _scan(
@@ -326,7 +340,7 @@ def _choose(
     # stable sorts, last key first: no projection series while another is usable; then the
     # newest study; then original axial images before reformats and derived ones; then the
     # thinnest slices
-    candidates.sort(key=lambda c: (bool(c.secondary), c.spacing, c.uid))
+    candidates.sort(key=lambda c: (bool(c.not_original), c.spacing, c.uid))
     candidates.sort(key=lambda c: c.datetime, reverse=True)
     candidates.sort(key=lambda c: c.projection)
     chosen = next((c for c in candidates if c.plan is not None), None)
@@ -339,13 +353,12 @@ def _choose(
             status[candidate.uid] = "chosen"
             for note in candidate.plan.warnings:  # type: ignore[union-attr]
                 problems.append(Problem(patient_id, candidate.folder, note, "warning"))
-            if candidate.projection or candidate.secondary:
-                kind = "projection images (MIP/MinIP)" if candidate.projection else None
+            if candidate.not_original:
                 problems.append(
                     Problem(
                         patient_id,
                         candidate.folder,
-                        f"the only usable CT series is {kind or candidate.secondary}: "
+                        f"the only usable CT series is {candidate.not_original}: "
                         "preprocessing and models expect original axial slices",
                         "warning",
                     )
@@ -378,17 +391,7 @@ def _choose(
                 )
             continue
         assert chosen is not None
-        why = (
-            "projection images (MIP/MinIP)"
-            if candidate.projection and not chosen.projection
-            else "older study"
-            if candidate.datetime < chosen.datetime
-            else candidate.secondary
-            if candidate.secondary and not chosen.secondary
-            else f"thicker slices ({candidate.spacing:.2f} mm vs {chosen.spacing:.2f} mm)"
-            if candidate.spacing > chosen.spacing
-            else "another series of the same study"
-        )
+        why = _why_not_chosen(candidate, chosen)
         status[candidate.uid] = f"not chosen: {why}"
         others.append((candidate.uid, f"not chosen: {why}"))
     return chosen, others, status

@@ -383,9 +383,17 @@ def _header_from(path: Path, ds: pydicom.Dataset, pixel_problem: str | None) -> 
     except Exception:  # malformed value: treat as absent
         image_type = ()
     groups = _functional_groups(ds)
-    spacing = groups.get("pixel_spacing") or _floats(ds, "PixelSpacing", 2)
+
+    def value(name: str, keyword: str, count: int, default: object = None) -> object:
+        """From the functional groups (multi-frame files), else the top-level attribute."""
+        if name in groups:
+            return groups[name]
+        found = _floats(ds, keyword, count)
+        return default if found is None else found if count > 1 else found[0]
+
+    spacing = value("pixel_spacing", "PixelSpacing", 2)
     if groups.get("problem") and not pixel_problem:
-        pixel_problem = groups["problem"]
+        pixel_problem = groups["problem"]  # type: ignore[assignment]
     return DicomHeader(
         path=path,
         patient_id=_text(ds, "PatientID"),
@@ -400,20 +408,17 @@ def _header_from(path: Path, ds: pydicom.Dataset, pixel_problem: str | None) -> 
         series_description=_text(ds, "SeriesDescription"),
         image_type=tuple(str(v).upper() for v in image_type),
         frame_of_reference_uid=_text(ds, "FrameOfReferenceUID"),
-        orientation=groups.get("orientation")  # type: ignore[arg-type]
-        or _floats(ds, "ImageOrientationPatient", 6),
+        orientation=value("orientation", "ImageOrientationPatient", 6),  # type: ignore[arg-type]
         position=_floats(ds, "ImagePositionPatient", 3),  # type: ignore[arg-type]
         pixel_spacing=spacing if spacing and min(spacing) > 0 else None,  # type: ignore[arg-type]
-        slice_thickness=groups.get("slice_thickness")  # type: ignore[arg-type]
-        or (_floats(ds, "SliceThickness", 1) or (None,))[0],
+        slice_thickness=value("slice_thickness", "SliceThickness", 1),  # type: ignore[arg-type]
         rows=_int(ds, "Rows"),
         columns=_int(ds, "Columns"),
         transfer_syntax_uid=transfer_syntax,
-        rescale_slope=groups.get("rescale_slope")  # type: ignore[arg-type]
-        or (_floats(ds, "RescaleSlope", 1) or (1.0,))[0],
-        rescale_intercept=groups.get("rescale_intercept")  # type: ignore[arg-type]
-        if groups.get("rescale_intercept") is not None
-        else (_floats(ds, "RescaleIntercept", 1) or (0.0,))[0],
+        rescale_slope=value("rescale_slope", "RescaleSlope", 1, 1.0),  # type: ignore[arg-type]
+        rescale_intercept=value(  # type: ignore[arg-type]
+            "rescale_intercept", "RescaleIntercept", 1, 0.0
+        ),
         instance_number=_int(ds, "InstanceNumber"),
         number_of_frames=_int(ds, "NumberOfFrames") or 1,
         samples_per_pixel=_int(ds, "SamplesPerPixel") or 1,
