@@ -452,7 +452,7 @@ def preprocess_site(
     if export is not None:
         from survfed.client.qc_index import write_qc_index
 
-        write_qc_index(result)
+        write_qc_index(result, catalogue.problems)
     return result
 
 

@@ -4,21 +4,24 @@
 (``<id>_qc.png``, :mod:`survfed.common.imaging.preprocess.qc_figure`). With a hundred patients a
 person needs to know which pictures to look at first, so the page lists the patients that
 failed first (with the reason), then those with warnings, then the rest, each with its lung
-volume and its picture (shown small, a link to the full size). It is a plain HTML file with no
-script and no outside resource, readable offline in any browser; it stays in the export folder
-at the site like the pictures.
+volume and its picture (shown small, a link to the full size); below them, the site's problems
+found before preprocessing (files, series and patients the catalogue left out, repairs). It is
+a plain HTML file with no script and no outside resource, readable offline in any browser; it
+stays in the export folder at the site like the pictures.
 """
 
 from __future__ import annotations
 
 import html
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from survfed.common.imaging.preprocess.export import export_stem
 
 if TYPE_CHECKING:
+    from survfed.client.clinical import Problem
     from survfed.client.preprocess_cache import PatientOutcome, SitePreprocessResult
 
 __all__ = ["INDEX_FILE", "write_qc_index"]
@@ -63,12 +66,33 @@ def _row(outcome: PatientOutcome, folder: Path) -> str:
     return f'<tr class="{kind}">' + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
 
 
-def write_qc_index(result: SitePreprocessResult) -> Path:
+def _problem_rows(problems: Sequence[Problem]) -> list[str]:
+    if not problems:
+        return []
+    rows = [
+        f'<tr class="{"failed" if p.severity == "error" else "warned"}">'
+        + "".join(
+            f"<td>{html.escape(v)}</td>"
+            for v in (p.severity, p.patient_id or "-", p.path, p.reason)
+        )
+        + "</tr>"
+        for p in sorted(problems, key=lambda p: (p.severity != "error", p.patient_id or ""))
+    ]
+    return [
+        f"<h2>Site problems found before preprocessing ({len(problems)})</h2>",
+        "<table><tr><th>severity</th><th>patient</th><th>file</th><th>reason</th></tr>",
+        *rows,
+        "</table>",
+    ]
+
+
+def write_qc_index(result: SitePreprocessResult, problems: Sequence[Problem] = ()) -> Path:
     """Write ``index.html`` into ``result.export_dir`` (written to a temporary name, renamed).
 
     Args:
         result: a :func:`~survfed.client.preprocess_cache.preprocess_site` result with an
             ``export_dir``.
+        problems: the site catalogue's problems (listed after the patients).
 
     Returns:
         The page's path.
@@ -96,7 +120,9 @@ def write_qc_index(result: SitePreprocessResult) -> Path:
         "<table><tr><th>patient</th><th>status</th><th>lungs (L)</th>"
         "<th>reason or warnings</th><th>series folder</th><th>QC picture</th></tr>",
         *(_row(o, folder) for o in outcomes),
-        "</table></body></html>",
+        "</table>",
+        *_problem_rows(problems),
+        "</body></html>",
         "",
     ]
     path = folder / INDEX_FILE

@@ -52,7 +52,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="also write per patient <id>_preprocessed.nii.gz, <id>_lung.nii.gz and "
         "<id>_mask.nii.gz (masks in the CT series' geometry) for 3D Slicer / ITK-SNAP, and "
-        "<id>_qc.png, a quality-control picture (slices with the lung and mask contours)",
+        "<id>_qc.png, a quality-control picture (slices with the lung and mask contours); "
+        "DIR/index.html lists every patient, problems first",
     )
     parser.add_argument(
         "--clear-cache",
