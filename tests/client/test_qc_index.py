@@ -40,7 +40,7 @@ def test_failed_then_warned_then_the_rest_with_their_pictures(tmp_path: Path) ->
     ]
     page = write_qc_index(_result(tmp_path, outcomes), problems).read_text()
     assert (tmp_path / INDEX_FILE).is_file()
-    rows = re.findall(r'<tr class="(\w+)"><td>([^<]+)</td>', page)
+    rows = re.findall(r'<tr class="(\w+)"><td>([^<]+)</td>', page.split("<h2>Site")[0])
     assert rows == [("failed", "C-3"), ("warned", "B 2"), ("ok", "A-1"), ("ok", "D-4")]
     assert "no lung found: &lt;1 L&gt;" in page  # the reason, escaped
     assert page.count("<img") == 2 and '<img src="B_2_qc.png"' in page
