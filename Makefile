@@ -22,8 +22,9 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/survfed demo --out $(DEMO_OUT)
 
-# Two real chest CT scans from PyRadiomics' source archive on PyPI (checksummed; see
-# benchmarks/fetch_real_ct.py): the tests check the lung pipeline on them, not only on phantoms.
+# Real CT from PyRadiomics' and TotalSegmentator's source archives on PyPI (checksummed; see
+# benchmarks/fetch_real_ct.py): the tests check the DICOM reader and the lung pipeline on them,
+# not only on phantoms.
 # Offline, their tests are skipped (CI sets SURVFED_REQUIRE_REAL_CT=1 to make that a failure).
 real-ct:
 	$(PYTHON) benchmarks/fetch_real_ct.py --out $(REAL_CT) || \

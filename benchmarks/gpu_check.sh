@@ -15,12 +15,23 @@
 #               processes too; on the real scans too when present), N-Net output on CUDA
 #               (fp32, bf16) against the CPU, bf16 detector and survival training
 #   preprocess  benchmarks/preprocess.py: standard-preset scans (512x512, ~150-300 slices),
-#               and the two real chest CT scans of .cache/real-ct when present (make real-ct):
+#               and the real chest CT scans of .cache/real-ct when present (make real-ct):
 #               DICOM read, CPU path, GPU path, their ratio, DICOM -> cached tensor, agreement
 #   detector    benchmarks/detector.py: N-Net training patches/s and whole-scan inference s
 #               on CPU and CUDA (bf16) against FLOPs / the measured matrix throughput
-# The tables of the last two steps are gathered in OUT_DIR/summary.md and printed last.
+#   real-ct     (not by default) the real scans alone: the CUDA-vs-CPU test on them and their
+#               preprocess table
+# The tables are gathered in OUT_DIR/summary.md and printed last.
 # Limits (seconds) can be changed: GPU_CHECK_LIMITS="env=60 gpu-tests=240 ...".
+# GPU_CHECK_STEPS="env real-ct" runs only the steps named (default: env gpu-tests preprocess
+# detector). GPU_CHECK_SITE=DIR installs the wheels into DIR, and reuses DIR when it already
+# holds them.
+#
+# A device call carries at most 64 MiB, and the wheels take 57 MB of it, so the real scans
+# (43 MB) travel in a second call on the still-warm machine, which keeps a git-ignored DIR:
+#   1. GPU_CHECK_SITE=.gpu-site bash benchmarks/gpu_check.sh "$OUT"       carrying .whl
+#   2. GPU_CHECK_SITE=.gpu-site GPU_CHECK_STEPS="env real-ct" \
+#      bash benchmarks/gpu_check.sh "$OUT"                                carrying .cache/real-ct
 set -uo pipefail
 
 case "${1:-}" in
@@ -37,18 +48,29 @@ SUMMARY="$OUT_DIR/summary.md"
 : >"$SUMMARY"
 export PYTHONUNBUFFERED=1
 
-declare -A LIMIT=([env]=60 [gpu-tests]=240 [preprocess]=300 [detector]=240)
+declare -A LIMIT=([env]=60 [gpu-tests]=240 [preprocess]=300 [detector]=240 [real-ct]=240)
 for pair in ${GPU_CHECK_LIMITS:-}; do LIMIT[${pair%%=*}]=${pair#*=}; done
+STEPS=" ${GPU_CHECK_STEPS:-env gpu-tests preprocess detector} "
+for name in $STEPS; do
+    [ -n "${LIMIT[$name]:-}" ] || { echo "gpu_check.sh: no step $name" >&2; exit 2; }
+done
+wanted() { [[ $STEPS == *" $1 "* ]]; }
+SITE=${GPU_CHECK_SITE:-$WORK/site}
+[[ $SITE == /* ]] || SITE="$PWD/$SITE"
 
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 if "$PY" -c "import SimpleITK, pydicom, jpeg_ls, monai" 2>/dev/null; then
     echo "$PY already holds SimpleITK, pydicom, pyjpegls and MONAI: no wheels needed"
+elif PYTHONPATH="$SITE:$PYTHONPATH" "$PY" -c "import SimpleITK, pydicom, jpeg_ls, monai" \
+    2>/dev/null; then
+    echo "the wheels are already installed in $SITE"
+    export PYTHONPATH="$SITE:$PYTHONPATH"
 elif compgen -G ".whl/*.whl" >/dev/null; then
-    echo "installing $(ls .whl/*.whl | wc -l) wheel(s) from .whl into $WORK/site"
+    echo "installing $(ls .whl/*.whl | wc -l) wheel(s) from .whl into $SITE"
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
-        --target "$WORK/site" .whl/*.whl ||
+        --target "$SITE" .whl/*.whl ||
         { echo "the wheels in .whl do not install for $PY (another Python version?)" >&2; exit 1; }
-    export PYTHONPATH="$WORK/site:$PYTHONPATH"
+    export PYTHONPATH="$SITE:$PYTHONPATH"
 else
     echo "$PY lacks SimpleITK, pydicom, pyjpegls or MONAI and .whl holds no wheels:" \
         "run benchmarks/fetch_wheels.sh where there is internet" >&2
@@ -69,6 +91,7 @@ trap interrupted INT TERM
 step() {
     local name=$1 limit=${LIMIT[$1]} start rc
     shift
+    wanted "$name" || return 0
     echo "== $name (limit ${limit} s)"
     start=$(date +%s)
     # in the background (with this stdin) so that the trap above runs while it waits
@@ -110,31 +133,42 @@ step gpu-tests "$PY" -m pytest -m gpu -q -p no:cacheprovider --basetemp "$WORK/p
     tests/commands/test_preprocess.py \
     tests/common/imaging/preprocess/test_real_ct.py
 
-# the two real chest CT scans, when carried along (make real-ct fetches them)
+# the real chest CT scans, when carried along (make real-ct fetches them)
 REAL_CT_ARGS=()
-[ -f .cache/real-ct/lung2_image.nrrd ] && REAL_CT_ARGS=(--real-ct .cache/real-ct)
+[ -f .cache/real-ct/cta_image.nii.gz ] && REAL_CT_ARGS=(--real-ct .cache/real-ct)
 step preprocess "$PY" benchmarks/preprocess.py --out "$WORK/pp-cohort" \
     --patients "$PATIENTS" --workers "$PATIENTS" "${REAL_CT_ARGS[@]}"
 
 step detector "$PY" benchmarks/detector.py
 
+export PY WORK
+step real-ct bash -c '
+    [ -f .cache/real-ct/cta_image.nii.gz ] || { echo "no real CT in .cache/real-ct: carry it"; exit 1; }
+    SURVFED_REAL_CT="$PWD/.cache/real-ct" SURVFED_REQUIRE_REAL_CT=1 "$PY" -m pytest -m gpu -q \
+        -p no:cacheprovider --basetemp "$WORK/pytest-real" \
+        tests/common/imaging/preprocess/test_real_ct.py || exit 1
+    "$PY" benchmarks/preprocess.py --patients 0 --real-ct .cache/real-ct'
+
 {
     echo "# survfed GPU check, $(date -u +%Y-%m-%dT%H:%MZ)"
     echo
-    head -n 20 "$OUT_DIR/env.log"
+    head -n 20 "$OUT_DIR/env.log" 2>/dev/null
     echo
     cat "$OUT_DIR/steps.md"
-    echo
-    echo "## gpu-tests"
-    echo
-    tail -n 15 "$OUT_DIR/gpu-tests.log"
-    echo
-    echo "## preprocess"
-    sed -n '/^CPU: /,$p' "$OUT_DIR/preprocess.log"
-    echo
-    echo "## detector"
-    echo
-    grep -E '^(torch |\|)' "$OUT_DIR/detector.log"
+    if [ -f "$OUT_DIR/gpu-tests.log" ]; then
+        printf '\n## gpu-tests\n\n'
+        tail -n 15 "$OUT_DIR/gpu-tests.log"
+    fi
+    for name in preprocess real-ct; do
+        [ -f "$OUT_DIR/$name.log" ] || continue
+        printf '\n## %s\n' "$name"
+        [ "$name" = real-ct ] && grep -E '(passed|failed|error|skipped)' "$OUT_DIR/$name.log" | tail -n 3
+        sed -n '/^CPU: /,$p' "$OUT_DIR/$name.log"
+    done
+    if [ -f "$OUT_DIR/detector.log" ]; then
+        printf '\n## detector\n\n'
+        grep -E '^(torch |\|)' "$OUT_DIR/detector.log"
+    fi
 } >"$SUMMARY"
 echo
 cat "$SUMMARY"

@@ -10,8 +10,9 @@ so ~150–300 slices a scan) unless --out holds one, then for each patient times
   writing the cache file),
 
 and prints a markdown table, with the lung Dice against the generator's truth mask.
-``--real-ct DIR`` adds the two real chest CT scans that ``make real-ct`` fetches (512 × 512,
-5 mm slices; no truth mask), written as a site of DICOM files first.
+``--real-ct DIR`` adds the three real chest CT scans that ``make real-ct`` fetches (512 × 512
+with 5 mm slices, and a 1.5 mm CT angiography; no truth mask), written as a site of DICOM
+files first; with ``--patients 0`` they are the only scans.
 
     python benchmarks/preprocess.py [--out DIR] [--patients 2] [--site stanford] [--spacing 1]
         [--workers N] [--real-ct .cache/real-ct]
@@ -68,7 +69,9 @@ def _real_ct_module():
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=None, help="cohort folder (kept if given)")
-    parser.add_argument("--patients", type=int, default=2, help="patients to generate")
+    parser.add_argument(
+        "--patients", type=int, default=2, help="patients to generate (0: the real scans only)"
+    )
     parser.add_argument("--site", default="stanford", help="site profile to generate")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--spacing", type=float, default=1.0, help="target spacing, mm")
@@ -85,7 +88,7 @@ def main() -> None:
     if out is None:
         tmp = tempfile.TemporaryDirectory(prefix="survfed-bench-pp-")
         out = Path(tmp.name) / "cohort"
-    if not (out / "_truth").exists():
+    if args.patients > 0 and not (out / "_truth").exists():
         started = time.perf_counter()
         make_cohort(
             out,
@@ -107,10 +110,12 @@ def main() -> None:
 
     rows, step_rows = [], []
     warmed = False
-    sites = [
-        (out / name, out / "_truth" / name)
-        for name in sorted(p.name for p in out.iterdir() if p.is_dir() and p.name[0] != "_")
-    ]
+    names = (
+        sorted(p.name for p in out.iterdir() if p.is_dir() and p.name[0] != "_")
+        if args.patients > 0
+        else []
+    )
+    sites = [(out / n, out / "_truth" / n) for n in names]
     scratch_site = None
     if args.real_ct is not None:
         scratch_site = tempfile.TemporaryDirectory(prefix="survfed-bench-real-ct-")

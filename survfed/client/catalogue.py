@@ -320,7 +320,9 @@ def _scan(
                 Problem(
                     header.patient_id or None,
                     _relative(site_dir, path),
-                    "no SeriesInstanceUID; file skipped",
+                    "SeriesInstanceUID is empty or missing, so the file cannot be grouped "
+                    "into a series; file skipped (a de-identification that blanks UIDs does "
+                    "this: have it replace them instead)",
                 )
             )
             continue

@@ -44,11 +44,12 @@ CACHE_FILE = "dicom-headers.sqlite"
 """Name of the header cache in a site's cache folder."""
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(DicomHeader))
-CACHE_VERSION = "2-" + hashlib.sha256(",".join(_FIELDS).encode()).hexdigest()[:12]
+CACHE_VERSION = "3-" + hashlib.sha256(",".join(_FIELDS).encode()).hexdigest()[:12]
 """Bumped by hand when reading changes; the hash follows the fields of ``DicomHeader``.
 
 2: the pixel-data check walks the fragments of compressed pixel data (files with padding after
-them were marked truncated by 1) and skips deflated files.
+them were marked truncated by 1) and skips deflated files. 3: an empty (present but
+blank) SOPClassUID or SOPInstanceUID is taken from the file meta.
 """
 
 _TUPLES = {"image_type", "orientation", "position", "pixel_spacing"}

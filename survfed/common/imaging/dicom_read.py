@@ -348,15 +348,20 @@ def read_header(path: Path | str) -> DicomHeader:
                     raise DicomReadError(path, "not a DICOM file") from exc
                 if "SOPClassUID" not in ds or "SeriesInstanceUID" not in ds:
                     raise DicomReadError(path, "not a DICOM file") from None
-            ds_sop_class = _text(ds, "SOPClassUID")
-            if not ds_sop_class:
-                media_class = _text(
-                    getattr(ds, "file_meta", pydicom.Dataset()), "MediaStorageSOPClassUID"
-                )
-                if media_class == _MEDIA_DIRECTORY:
-                    raise DicomReadError(path, "DICOMDIR (media directory), not an image")
+            media_class = _text(
+                getattr(ds, "file_meta", pydicom.Dataset()), "MediaStorageSOPClassUID"
+            )
+            if media_class == _MEDIA_DIRECTORY:
+                raise DicomReadError(path, "DICOMDIR (media directory), not an image")
+            # a data set without the element is cut short or not an image; one with the
+            # element blanked (some de-identifiers do) has the class in the file meta
+            if "SOPClassUID" not in ds:
                 raise DicomReadError(
                     path, "DICOM file without SOPClassUID (not an image, or header truncated)"
+                )
+            if not (_text(ds, "SOPClassUID") or media_class):
+                raise DicomReadError(
+                    path, "SOPClassUID is empty, in the data set and in the file meta"
                 )
             pixel_problem = _pixel_problem(fp, ds, file_size)
     except DicomReadError:
@@ -373,10 +378,8 @@ def read_header(path: Path | str) -> DicomHeader:
 
 def _header_from(path: Path, ds: pydicom.Dataset, pixel_problem: str | None) -> DicomHeader:
     """The header record of a parsed data set (values validated leniently)."""
-    transfer_syntax = ""
-    file_meta = getattr(ds, "file_meta", None)
-    if file_meta is not None:
-        transfer_syntax = _text(file_meta, "TransferSyntaxUID")
+    meta = getattr(ds, "file_meta", None) or pydicom.Dataset()
+    transfer_syntax = _text(meta, "TransferSyntaxUID")
     try:
         image_type = ds.get("ImageType", ()) or ()
         image_type = (image_type,) if isinstance(image_type, str) else tuple(image_type)
@@ -399,8 +402,9 @@ def _header_from(path: Path, ds: pydicom.Dataset, pixel_problem: str | None) -> 
         patient_id=_text(ds, "PatientID"),
         study_instance_uid=_text(ds, "StudyInstanceUID"),
         series_instance_uid=_text(ds, "SeriesInstanceUID"),
-        sop_instance_uid=_text(ds, "SOPInstanceUID"),
-        sop_class_uid=_text(ds, "SOPClassUID"),
+        # PS3.10: the file meta repeats these two; some de-identifiers blank the data set's
+        sop_instance_uid=_text(ds, "SOPInstanceUID") or _text(meta, "MediaStorageSOPInstanceUID"),
+        sop_class_uid=_text(ds, "SOPClassUID") or _text(meta, "MediaStorageSOPClassUID"),
         modality=_text(ds, "Modality").upper(),
         study_date=_text(ds, "StudyDate"),
         study_time=_text(ds, "StudyTime"),

@@ -421,6 +421,26 @@ def test_non_dicom_files_are_rejected(tmp_path: Path, content: bytes, reason: st
     assert info.value.path == path
 
 
+def test_blanked_sop_uids_come_from_the_file_meta(tmp_path: Path):
+    """A de-identifier that blanks SOPClassUID / SOPInstanceUID (the element kept, empty) leaves
+    them in the file meta (PS3.10); a file without the element is cut short or no image."""
+    path = _write(_sphere(np.eye(3)), tmp_path, ENCODINGS["native_signed"])[0]
+    ds = pydicom.dcmread(path)
+    ds.SOPClassUID, ds.SOPInstanceUID = "", ""
+    ds.save_as(path)
+    header = read_header(path)
+    assert header.sop_class_uid == ds.file_meta.MediaStorageSOPClassUID != ""
+    assert header.sop_instance_uid == ds.file_meta.MediaStorageSOPInstanceUID != ""
+    ds.file_meta.MediaStorageSOPClassUID = ""
+    ds.save_as(path)
+    with pytest.raises(DicomReadError, match="SOPClassUID is empty, in the data set and in"):
+        read_header(path)
+    del ds.SOPClassUID
+    ds.save_as(path)
+    with pytest.raises(DicomReadError, match="without SOPClassUID"):
+        read_header(path)
+
+
 def test_unreadable_file_is_rejected(tmp_path: Path):
     link = tmp_path / "dangling"
     link.symlink_to(tmp_path / "nowhere")

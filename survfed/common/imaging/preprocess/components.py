@@ -108,18 +108,19 @@ def _analyse(
     valid: np.ndarray | None,
     config: PreprocessConfig,
     backend: ArrayBackend,
-) -> tuple[Any, list[int], list[float], float, bool]:
+) -> tuple[Any, list[int], list[float], float, float, bool]:
     """One pass of steps 1-4 on ``air``.
 
     Returns:
-        labels, kept labels, their volumes (L), the largest component's volume (L), and whether
-        an inner air component of at least ``_PARTIAL_L`` reaches the first or last slice.
+        labels, kept labels, their volumes (L), the largest component's volume (L), the largest
+        inner one's (not connected to the outside air; L), and whether an inner air component
+        of at least ``_PARTIAL_L`` reaches the first or last slice.
     """
     xp, ndi = backend.xp, backend.ndi
     labels, n = ndi.label(air, structure=_structure(backend, 1))
     n = int(n)
     if n == 0:
-        return labels, [], [], 0.0, False
+        return labels, [], [], 0.0, 0.0, False
     runs = label_runs(labels, backend)
     voxel_l = config.spacing_mm**3 / 1e6
     length = runs.length
@@ -137,8 +138,9 @@ def _analyse(
     inner = np.ones(n + 1, dtype=bool)
     inner[list(background)] = False
     partial = bool(np.any(ends & inner & (volumes >= _PARTIAL_L)))
+    largest_inner = float(volumes[inner].max())
     if not candidates:
-        return labels, [], [], largest, partial
+        return labels, [], [], largest, largest_inner, partial
     # per candidate and slice: area and minimum distance to the slice centre, from the runs
     is_candidate = np.zeros(n + 1, dtype=bool)
     is_candidate[candidates] = True
@@ -164,7 +166,7 @@ def _analyse(
         if sel.any() and float(min_dist[sel].mean()) < config.max_mean_distance_mm:
             kept.append(c)
             kept_volumes.append(float(volumes[c]))
-    return labels, kept, kept_volumes, largest, partial
+    return labels, kept, kept_volumes, largest, largest_inner, partial
 
 
 def _fill_back(lungs: Any, air: Any, cut: int, backend: ArrayBackend) -> Any:
@@ -209,7 +211,7 @@ def select_lungs(
 
     Raises:
         PreprocessError: no component qualifies as lung, whatever the top cut; the message
-            gives the largest air component's volume.
+            gives the volume of the largest air component inside the body.
     """
     z = air.shape[0]
     step = config.top_cut_step_vox
@@ -219,10 +221,10 @@ def select_lungs(
 
     def attempt(cut: int) -> tuple[Any, list[int], list[float], float]:
         nonlocal largest_seen, partial_seen
-        labels, kept, volumes, largest, partial = _analyse(
+        labels, kept, volumes, largest, largest_inner, partial = _analyse(
             air[: z - cut], None if valid is None else valid[: z - cut], config, backend
         )
-        largest_seen = max(largest_seen, largest)
+        largest_seen = max(largest_seen, largest_inner)
         partial_seen = partial_seen or (partial and cut == 0)
         return labels, kept, volumes, largest
 
@@ -263,7 +265,7 @@ def select_lungs(
     raise PreprocessError(
         "no lung found: no air component of "
         f"{config.min_volume_l:g}-{config.max_volume_l:g} L inside the body near the image "
-        f"centre (largest air component {largest_seen:.2f} L"
+        f"centre (largest air component inside the body {largest_seen:.2f} L"
         + (f", top slices removed up to {cut * config.spacing_mm:.0f} mm)" if cut > 0 else ")")
         + (
             "; air inside the body reaches the first or last slice: the scan may cover only "

@@ -16,11 +16,13 @@ from dataclasses import asdict, dataclass, fields
 
 __all__ = ["PIPELINE_VERSION", "PreprocessConfig", "PreprocessError"]
 
-PIPELINE_VERSION = 2
+PIPELINE_VERSION = 3
 """Bumped whenever the pipeline's code changes what it produces (part of the fingerprint).
 
 2: scans whose lungs reach the side edge of the field of view carry a warning (images and masks
 are as in 1, but cached scans of 1 would lack the warning).
+3: lungs in the top or bottom slice are warned from 10 cm² on (a trachea kept up into the neck
+was warned as a chest cut short).
 """
 
 

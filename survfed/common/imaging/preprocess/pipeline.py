@@ -55,6 +55,10 @@ SMALL_LUNGS_L = 1.0
 """Both lungs together below this volume get a warning (partial scan?)."""
 FOV_CONTACT_MM2 = 100.0
 """Lung on the side edge of the field of view from this area (mm²) on gets a warning."""
+END_SLICE_LUNG_MM2 = 1000.0
+"""Lung in the top or bottom slice from this area (mm²) on gets a warning. Less is an airway (an
+adult trachea's lumen is 1.5-5 cm², and on a coarse grid the mask can keep it up into the
+neck) or the tip of an apex, not a chest cut short."""
 
 
 def resolve_device(device: str) -> tuple[str, str | None]:
@@ -140,7 +144,12 @@ def scan_warnings(
     """
     notes: list[str] = []
     volume_l = float(np.count_nonzero(lungs)) * config.spacing_mm**3 / 1e6
-    ends = [name for name, z in (("bottom", 0), ("top", lungs.shape[0] - 1)) if lungs[z].any()]
+    end_mm2 = END_SLICE_LUNG_MM2 / config.spacing_mm**2
+    ends = [
+        name
+        for name, z in (("bottom", 0), ("top", lungs.shape[0] - 1))
+        if np.count_nonzero(lungs[z]) >= end_mm2
+    ]
     if ends:
         notes.append(
             f"the lungs reach the {' and '.join(ends)} slice of the scan: the scan may not cover "

@@ -72,7 +72,7 @@ def test_component_far_from_the_centre_is_dropped() -> None:
     air = np.zeros((40, 200, 200), dtype=bool)
     air[:, 90:110, 20:60] = True  # 40 slices x 800 px x (2.5 mm)^3 = 0.5 L: too small
     air[:, 70:130, 140:190] = True  # 1.9 L, 7500 mm² slices, centre 65 mm off the middle
-    with pytest.raises(PreprocessError, match=r"largest air component 1\.88 L"):
+    with pytest.raises(PreprocessError, match=r"largest air component inside the body 1\.88 L"):
         select_lungs(air, CONFIG)
     air[:, 70:130, 100:150] = True  # now touching the centre: kept
     assert select_lungs(air, CONFIG).n_components == 1

@@ -19,7 +19,11 @@ from survfed.common.imaging.preprocess import (
     preprocess_volume,
     resolve_device,
 )
-from survfed.common.imaging.preprocess.pipeline import field_of_view_contact_mm2
+from survfed.common.imaging.preprocess.pipeline import (
+    END_SLICE_LUNG_MM2,
+    field_of_view_contact_mm2,
+    scan_warnings,
+)
 from survfed.common.imaging.preprocess.torch_path import preprocess_volume_torch
 from survfed.common.imaging.volume import Volume
 
@@ -229,6 +233,23 @@ def test_field_of_view_contact_area() -> None:
     assert field_of_view_contact_mm2(lungs[:, 1:5, 1:5], None, 1.0) == 4.0  # on the grid edge
     lungs[:, 2:4, 1:3] = False
     assert field_of_view_contact_mm2(lungs, measured, 1.0) == 0.0
+
+
+def test_end_slices_warned_from_a_chest_sized_area() -> None:
+    """An airway-sized tube through the top slice (a trachea kept up into the neck, 2.5 mm
+    grid) is not a chest cut short; 10 cm² of lung in the bottom slice is."""
+    config = PreprocessConfig(spacing_mm=2.5)
+    lungs = np.zeros((40, 80, 80), bool)
+    lungs[5:35, 10:70, 10:35] = lungs[5:35, 10:70, 45:70] = True  # 1.5 + 1.5 L
+    lungs[30:, 38:42, 38:42] = True  # 4 × 4 voxels = 1 cm² up to the top slice
+    assert scan_warnings(lungs, True, config) == []
+    side = int(np.ceil(np.sqrt(END_SLICE_LUNG_MM2) / 2.5))  # 13 × 13 voxels = 10.6 cm²
+    lungs[:5, 20 : 20 + side, 15 : 15 + side] = True
+    (warning,) = scan_warnings(lungs, True, config)
+    assert warning.startswith("the lungs reach the bottom slice of the scan")
+    lungs[:, 38:42, 38:42] = False
+    lungs[-1, 10:50, 10:30] = True  # 50 cm² in the top slice too
+    assert scan_warnings(lungs, True, config)[0].startswith("the lungs reach the bottom and top")
 
 
 def test_device_choice() -> None:
