@@ -28,7 +28,7 @@ demo: $(STAMP)
 # Offline, their tests are skipped (CI sets SURVFED_REQUIRE_REAL_CT=1 to make that a failure).
 real-ct:
 	$(PYTHON) benchmarks/fetch_real_ct.py --out $(REAL_CT) || \
-		echo "make: the real chest CT scans could not be fetched (offline?): their tests are skipped"
+		echo "make: the real CT could not be fetched (offline?): its tests are skipped"
 
 test: $(STAMP) real-ct
 	$(BIN)/ruff check survfed tests benchmarks

@@ -38,6 +38,11 @@ from survfed.common.imaging.preprocess.runs import label_runs
 
 __all__ = ["ComponentResult", "bounding_box", "fill_enclosed", "fill_holes_3d", "select_lungs"]
 
+SMALL_FIELD_OF_VIEW_MM = 250.0
+"""When no lung is found and the field of view is narrower than this, the error says so: an
+adult chest is 280-380 mm wide, and lung that reaches a corner of the image is outside air to
+step 2."""
+
 _PARTIAL_L = 0.05
 """Inner air components at least this big reaching the first or last slice hint at a partial
 scan (reported with a "no lung found" error)."""
@@ -262,6 +267,7 @@ def select_lungs(
             lungs = _fill_back(lungs, air, cut, backend)
         return ComponentResult(lungs, len(kept), cut, tuple(volumes))
     cut = max_cut
+    fov_mm = _field_of_view_mm(air.shape, valid, config.spacing_mm)
     raise PreprocessError(
         "no lung found: no air component of "
         f"{config.min_volume_l:g}-{config.max_volume_l:g} L inside the body near the image "
@@ -273,7 +279,24 @@ def select_lungs(
             if partial_seen
             else ""
         )
+        + (
+            f"; the field of view is only {fov_mm:.0f} mm across: lung that reaches the "
+            "image's corners is taken for outside air (a reconstruction for the heart, or a "
+            "large patient?)"
+            if fov_mm < SMALL_FIELD_OF_VIEW_MM
+            else ""
+        )
     )
+
+
+def _field_of_view_mm(shape: tuple[int, ...], valid: np.ndarray | None, spacing: float) -> float:
+    """The narrower in-plane extent (mm) of the measured region, through the middle slice's
+    centre (the grid's, where everything was measured)."""
+    if valid is None:
+        return min(shape[1], shape[2]) * spacing
+    middle = valid[shape[0] // 2]
+    across = (middle[shape[1] // 2, :], middle[:, shape[2] // 2])
+    return min(float(np.count_nonzero(line)) for line in across) * spacing
 
 
 def fill_holes_3d(mask: Any, backend: ArrayBackend = NUMPY) -> Any:

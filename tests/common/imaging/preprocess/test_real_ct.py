@@ -176,6 +176,22 @@ def test_a_field_of_view_that_cuts_the_lungs_is_warned(scans_1mm) -> None:
     assert area_cm2 > 100.0  # 307 cm² of lung on the cut (both sides, every slice)
 
 
+def test_a_field_of_view_too_small_for_the_chest_is_named(scans_1mm) -> None:
+    """``lung1`` on a 182 mm field of view (the middle 320 × 320 pixels): lung reaches the
+    image's corners, which the paper's rule takes for outside air, so no lung is found; the
+    error says that the field of view is the likely cause."""
+    volume, _ = scans_1mm["REAL-1"]
+    j0, i0 = (volume.shape[1] - 320) // 2, (volume.shape[2] - 320) // 2
+    narrow = Volume(
+        np.ascontiguousarray(volume.array[:, j0 : j0 + 320, i0 : i0 + 320]),
+        volume.spacing,
+        tuple(volume.voxel_to_patient((0, j0, i0))),
+        volume.direction,
+    )
+    with pytest.raises(PreprocessError, match=r"the field of view is only 18[0-9] mm across"):
+        preprocess_volume(narrow, PreprocessConfig(), device="cpu")
+
+
 def _slices(volume: Volume, k0: int, k1: int) -> Volume:
     return Volume(
         np.ascontiguousarray(volume.array[k0:k1]),
