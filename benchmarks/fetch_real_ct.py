@@ -200,7 +200,7 @@ def write_site(data_dir: Path, site: Path) -> dict[str, Path]:
     the source file's, unchanged); ``clinical.csv`` gives each patient a made-up follow-up;
     ``nodules.csv`` holds the labelled lesion of ``lung1`` and ``lung2``: the centre of its
     voxels (patient mm) and the diameter of the sphere of the same volume (``cta`` has no
-    lesion label).
+    lesion label, so ``clinical.csv`` marks it ``nodules_annotated`` 0).
 
     Returns:
         Patient ID → the lesion label file of that patient's scan, for the labelled ones.
@@ -233,8 +233,12 @@ def write_site(data_dir: Path, site: Path) -> dict[str, Path]:
         x, y, z = label.voxel_to_patient(voxels).mean(axis=0)
         diameter = (6.0 * len(voxels) * float(np.prod(label.spacing)) / np.pi) ** (1.0 / 3.0)
         lesions.append(f"{patient_id},{x:.2f},{y:.2f},{z:.2f},{diameter:.2f}")
-    rows = [f"{pid},{400 * (n + 1)},{n % 2}" for n, (pid, _, _) in enumerate(CASES.values())]
-    (site / "clinical.csv").write_text("\n".join(["patient_id,time_days,event", *rows, ""]))
+    rows = [
+        f"{pid},{400 * (n + 1)},{n % 2},{int(pid in labels)}"
+        for n, (pid, _, _) in enumerate(CASES.values())
+    ]
+    header = "patient_id,time_days,event,nodules_annotated"
+    (site / "clinical.csv").write_text("\n".join([header, *rows, ""]))
     (site / "nodules.csv").write_text("\n".join([*lesions, ""]))
     return labels
 

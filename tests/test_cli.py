@@ -53,6 +53,9 @@ def test_make_cohort_refuses_bad_sites(tmp_path: Path) -> None:
     res = _run(_script("survfed"), "make-cohort", str(tmp_path / "x"), "--sites", "iowa:zero")
     assert res.returncode == 2
     assert "iowa:zero" in res.stderr or "zero" in res.stderr
+    res = _run(_script("survfed"), "make-cohort", str(tmp_path / "x"), "--masses", "2")
+    assert res.returncode == 2
+    assert "masses must be a share between 0 and 1, got 2.0" in res.stderr
 
 
 def test_inspect_not_a_site(tmp_path: Path) -> None:

@@ -30,6 +30,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="tiny",
         help="tiny: small volumes that train fast on CPU; standard: 512x512 slices (default: tiny)",
     )
+    parser.add_argument(
+        "--masses",
+        type=float,
+        default=0.0,
+        metavar="SHARE",
+        help=(
+            "share (0-1) of malignant lesions drawn as masses of 30-60 mm instead of nodules of "
+            "8-30 mm (default: 0, none)"
+        ),
+    )
     parser.add_argument("--workers", type=int, default=None, help="worker processes")
     parser.add_argument("--overwrite", action="store_true", help="allow a non-empty OUT")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -54,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
             workers=args.workers,
             progress=not (args.quiet or args.json),
             overwrite=args.overwrite,
+            masses=args.masses,
         )
     except (FileExistsError, ValueError) as exc:
         print(f"survfed make-cohort: {exc}", file=sys.stderr)

@@ -233,6 +233,7 @@ def make_cohort(
     progress: bool = True,
     overwrite: bool = False,
     params: OutcomeParams | None = None,
+    masses: float = 0.0,
 ) -> CohortSummary:
     """Write a synthetic multi-site cohort into ``out`` (see the module docstring).
 
@@ -246,6 +247,9 @@ def make_cohort(
         progress: show a progress bar over patients.
         overwrite: replace the site folders and ``_truth`` of a cohort already in ``out``.
         params: hazard coefficients (default :class:`OutcomeParams`).
+        masses: share in [0, 1] of malignant lesions drawn as masses of 30-60 mm instead of
+            nodules of 8-30 mm (:data:`~survfed.common.synth.nodules.MASS_DIAMETER_MM`). At 0
+            (the default) the cohort is byte for byte the one written without this option.
 
     Returns:
         A :class:`CohortSummary` with per-site counts, oracle C-index, bytes and seconds.
@@ -262,6 +266,8 @@ def make_cohort(
                 f"patient count of site {name!r} must be a positive integer, got {count!r}"
             )
     profiles = [site_profile(name) for name in sites]
+    if not (isinstance(masses, int | float) and 0.0 <= float(masses) <= 1.0):
+        raise ValueError(f"masses must be a share between 0 and 1, got {masses!r}")
     if workers is None:
         workers = min(2, os.cpu_count() or 1)
     if workers < 1:
@@ -280,7 +286,9 @@ def make_cohort(
         )
         ids = patient_ids(id_rng, prefix, int(sites[profile.name]))
         tasks += [
-            PatientTask(int(seed), profile, preset_spec, k, pid, site_dir, truth_dir, params)
+            PatientTask(
+                int(seed), profile, preset_spec, k, pid, site_dir, truth_dir, params, float(masses)
+            )
             for k, pid in enumerate(ids)
         ]
     results = _run(tasks, min(workers, len(tasks)), progress)
@@ -333,6 +341,7 @@ def make_cohort(
         "preset": preset_spec.name,
         "sites": site_json,
         "oracle_c_index": pooled,
+        **({"masses": float(masses)} if masses else {}),
         "outcome_params": params.as_dict(),
         "formula": (
             "eta = beta_0 + cancer * (beta_c + beta_d * (d_max_mm - d_ref_mm) / 10 + beta_s * "

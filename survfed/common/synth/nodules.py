@@ -36,6 +36,10 @@ __all__ = [
 
 BENIGN_KINDS = ("solid", "calcified", "juxtapleural")
 MALIGNANT_KINDS = ("spiculated", "part_solid", "solid", "juxtapleural")
+MASS_DIAMETER_MM = (30.0, 60.0)
+"""Equivalent-sphere diameters of masses (malignant lesions above 3 cm), when a cohort asks for
+them (``make_cohort(masses=...)``): the sizes that seed 003's detector over-samples (×2 above
+30 mm, ×6 above 40 mm) and its 60 mm anchor covers."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -146,11 +150,20 @@ def _make_nodule(
     return replace(nodule, r0=diameter / nodule.diameter_mm)
 
 
-def draw_nodules(rng: np.random.Generator, cancer: bool) -> list[Nodule]:
+def draw_nodules(
+    rng: np.random.Generator, cancer: bool, mass_fraction: float = 0.0
+) -> list[Nodule]:
     """Draw the (not yet placed) nodules of one patient, largest malignant first.
 
     Cancer patients get 1 (70 %) or 2 malignant nodules of 8-30 mm; everybody gets 0-4 benign
     nodules of 3-8 mm (probabilities 0.25, 0.3, 0.2, 0.15, 0.1), so some patients have none.
+
+    Args:
+        rng: the patient's nodule stream.
+        cancer: whether the patient has malignant nodules.
+        mass_fraction: probability in [0, 1] that a malignant nodule is drawn as a mass instead,
+            of :data:`MASS_DIAMETER_MM` (uniform). At 0 (the default) the stream is used
+            exactly as without masses, so cohorts without masses keep their bytes.
     """
     specs: list[tuple[str, bool, float, float]] = []
     if cancer:
@@ -158,6 +171,8 @@ def draw_nodules(rng: np.random.Generator, cancer: bool) -> list[Nodule]:
             kind = str(rng.choice(MALIGNANT_KINDS, p=[0.4, 0.25, 0.2, 0.15]))
             diameter = 8.0 + 22.0 * rng.beta(1.6, 2.4)
             irr = rng.uniform(0.55, 1.0) if kind == "spiculated" else rng.uniform(0.2, 0.65)
+            if mass_fraction > 0.0 and rng.random() < mass_fraction:
+                diameter = rng.uniform(*MASS_DIAMETER_MM)
             specs.append((kind, True, diameter, irr))
         specs.sort(key=lambda s: -s[2])
     for _ in range(int(rng.choice(5, p=[0.25, 0.3, 0.2, 0.15, 0.1]))):

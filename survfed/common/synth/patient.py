@@ -43,6 +43,7 @@ class PatientTask:
     site_dir: Path
     truth_dir: Path
     params: OutcomeParams
+    mass_fraction: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,7 @@ def make_patient(task: PatientTask) -> PatientResult:
 
     anatomy = draw_anatomy(_rng(task, _S_ANATOMY))
     rng_n = _rng(task, _S_NODULES)
-    drafts = draw_nodules(rng_n, cancer)
+    drafts = draw_nodules(rng_n, cancer, task.mass_fraction)
     lo, hi = _lung_box(anatomy)
     nodules = place_nodules(rng_n, drafts, lambda x, y, z: lung_labels(anatomy, x, y, z), lo, hi)
     malignant = [n for n in nodules if n.malignant]

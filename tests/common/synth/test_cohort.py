@@ -215,7 +215,27 @@ def test_refuses_non_empty_out_unless_overwrite(tmp_path):
         make_cohort(tmp_path / "new", {"iowa": 1}, preset="huge")
     with pytest.raises(ValueError, match="patient count of site 'iowa'"):
         make_cohort(tmp_path / "new", {"iowa": 0})
+    with pytest.raises(ValueError, match="masses must be a share between 0 and 1"):
+        make_cohort(tmp_path / "new", {"iowa": 1}, masses=1.5)
     assert not (tmp_path / "new").exists()
+
+
+def test_masses_option(cohort, tmp_path):
+    """``masses=1``: every malignant lesion annotated at 30-60 mm, the share recorded; the same
+    seed without the option writes the cohort of the module fixture, byte for byte."""
+    out = tmp_path / "masses"
+    summary = make_cohort(out, {"iowa": 6}, seed=11, progress=False, workers=1, masses=1.0)
+    truth = _read_csv(out / "_truth" / "iowa" / "nodules_truth.csv")
+    malignant = [float(r["diameter_mm"]) for r in truth if r["malignant"] in ("1", "True")]
+    assert summary.sites["iowa"].n_cancer >= 1 and malignant
+    assert all(30.0 <= d <= 60.0 for d in malignant)
+    annotated = {float(r["diameter_mm"]) for r in _read_csv(out / "iowa" / "nodules.csv")}
+    assert any(d >= 30.0 for d in annotated)
+    assert json.loads((out / "_truth" / "cohort.json").read_text())["masses"] == 1.0
+    plain = tmp_path / "plain"
+    make_cohort(plain, {"iowa": 3}, seed=11, progress=False, workers=1, masses=0.0)
+    fixture_iowa = _tree_hash(cohort[0] / "iowa")
+    assert _tree_hash(plain / "iowa") == fixture_iowa
 
 
 def test_survfed_reader_reads_what_the_generator_wrote(cohort):

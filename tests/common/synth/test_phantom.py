@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 from skimage.measure import regionprops
 
 from survfed.common.synth.anatomy import draw_anatomy, lung_labels
 from survfed.common.synth.nodules import (
+    MASS_DIAMETER_MM,
     draw_nodules,
     fibonacci_directions,
     place_nodules,
@@ -85,6 +88,32 @@ def test_nodule_kinds_sizes_and_rasterised_volume():
     mask[box] = occ >= 0.5
     centroid_kji = regionprops(mask)[0].centroid
     assert axis[0] + 0.5 * centroid_kji[2] == pytest.approx(0.3, abs=1.5)
+
+
+def test_masses_on_request_and_the_same_draws_without():
+    """``mass_fraction`` 1 turns every malignant lesion into a 30-60 mm mass, which still finds
+    a place in the lungs; 0 leaves the stream untouched (cohorts keep their bytes)."""
+
+    def key(nodules):
+        return [(n.kind, n.malignant, n.r0, n.irregularity, n.hu) for n in nodules]
+
+    for seed in range(20):
+        default = key(draw_nodules(np.random.default_rng(seed), True))
+        assert key(draw_nodules(np.random.default_rng(seed), True, 0.0)) == default
+    diameters, placed = [], 0
+    for seed in range(12):
+        rng = np.random.default_rng(seed)
+        a = draw_anatomy(rng)
+        drafts = draw_nodules(rng, True, 1.0)
+        masses = [n for n in drafts if n.malignant]
+        diameters += [n.diameter_mm for n in masses]
+        assert all(n.diameter_mm <= 8.0 for n in drafts if not n.malignant)
+        lo, hi = _lung_box(a)
+        found = place_nodules(rng, drafts, functools.partial(lung_labels, a), lo, hi)
+        placed += sum(n.malignant for n in found)
+    lo, hi = MASS_DIAMETER_MM
+    assert all(lo - 1e-6 <= d <= hi + 1e-6 for d in diameters)
+    assert max(diameters) > 50.0 and placed == len(diameters)
 
 
 def test_nodules_are_placed_inside_the_lungs_and_juxtapleural_touch_the_wall():
