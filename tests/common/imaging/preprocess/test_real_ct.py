@@ -158,18 +158,23 @@ def test_lungs_agree_with_a_threshold_segmentation(scans_1mm, real_site) -> None
         assert dice >= 0.95, (pid, dice)
 
 
+def _middle(volume: Volume, pixels: int) -> Volume:
+    """The middle ``pixels`` × ``pixels`` of every slice: a smaller field of view."""
+    j0, i0 = (volume.shape[1] - pixels) // 2, (volume.shape[2] - pixels) // 2
+    return Volume(
+        np.ascontiguousarray(volume.array[:, j0 : j0 + pixels, i0 : i0 + pixels]),
+        volume.spacing,
+        tuple(volume.voxel_to_patient((0, j0, i0))),
+        volume.direction,
+    )
+
+
 def test_a_field_of_view_that_cuts_the_lungs_is_warned(scans_1mm) -> None:
     """``lung2`` reconstructed on a 200 mm field of view (the middle 320 × 320 pixels), as for a
     large patient or a heart-centred scan: the lungs run into the image's sides."""
     volume, whole = scans_1mm["REAL-2"]
     assert not any("side edge" in w for w in whole.warnings)
-    j0, i0 = (volume.shape[1] - 320) // 2, (volume.shape[2] - 320) // 2
-    narrow = Volume(
-        np.ascontiguousarray(volume.array[:, j0 : j0 + 320, i0 : i0 + 320]),
-        volume.spacing,
-        tuple(volume.voxel_to_patient((0, j0, i0))),
-        volume.direction,
-    )
+    narrow = _middle(volume, 320)
     scan = preprocess_volume(narrow, PreprocessConfig(), device="cpu")
     (warning,) = [w for w in scan.warnings if "side edge" in w]
     area_cm2 = float(warning.split("(")[1].split(" cm²")[0])
@@ -181,13 +186,7 @@ def test_a_field_of_view_too_small_for_the_chest_is_named(scans_1mm) -> None:
     image's corners, which the paper's rule takes for outside air, so no lung is found; the
     error says that the field of view is the likely cause."""
     volume, _ = scans_1mm["REAL-1"]
-    j0, i0 = (volume.shape[1] - 320) // 2, (volume.shape[2] - 320) // 2
-    narrow = Volume(
-        np.ascontiguousarray(volume.array[:, j0 : j0 + 320, i0 : i0 + 320]),
-        volume.spacing,
-        tuple(volume.voxel_to_patient((0, j0, i0))),
-        volume.direction,
-    )
+    narrow = _middle(volume, 320)
     with pytest.raises(PreprocessError, match=r"the field of view is only 18[0-9] mm across"):
         preprocess_volume(narrow, PreprocessConfig(), device="cpu")
 
