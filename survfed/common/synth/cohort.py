@@ -80,6 +80,7 @@ class CohortSummary:
     oracle_c_index: float = float("nan")
     seconds: float = 0.0
     bytes: int = 0
+    masses: float = 0.0
 
     @property
     def n_patients(self) -> int:
@@ -98,6 +99,7 @@ class CohortSummary:
             "out": str(self.out),
             "seed": self.seed,
             "preset": self.preset,
+            "masses": self.masses,
             "n_patients": self.n_patients,
             "oracle_c_index": clean(self.oracle_c_index),
             "seconds": round(self.seconds, 2),
@@ -123,6 +125,8 @@ class CohortSummary:
             f"{self.bytes / 1e6:.1f} MB in {self.seconds:.1f} s -> {self.out} "
             f"(truth in {self.out / TRUTH_DIR})"
         )
+        if self.masses:
+            lines.append(f"malignant lesions drawn as 30-60 mm masses: {self.masses:.0%}")
         return "\n".join(lines)
 
 
@@ -363,4 +367,5 @@ def make_cohort(
         oracle_c_index=pooled,
         seconds=time.perf_counter() - start,
         bytes=total,
+        masses=float(masses),
     )

@@ -232,6 +232,8 @@ def test_masses_option(cohort, tmp_path):
     annotated = {float(r["diameter_mm"]) for r in _read_csv(out / "iowa" / "nodules.csv")}
     assert any(d >= 30.0 for d in annotated)
     assert json.loads((out / "_truth" / "cohort.json").read_text())["masses"] == 1.0
+    assert summary.to_dict()["masses"] == 1.0
+    assert summary.format_text().endswith("drawn as 30-60 mm masses: 100%")
     plain = tmp_path / "plain"
     make_cohort(plain, {"iowa": 3}, seed=11, progress=False, workers=1, masses=0.0)
     fixture_iowa = _tree_hash(cohort[0] / "iowa")
