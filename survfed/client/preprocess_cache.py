@@ -15,7 +15,10 @@ Layout::
 
 :func:`preprocess_site` fills the cache (worker processes, progress bar) and returns a
 :class:`SitePreprocessResult`; a patient that fails (images that do not decode, a volume the
-pipeline cannot use) is reported with its ID, series and reason, and the others go on.
+pipeline cannot use) is reported with its ID, series and reason, and the others go on. Each
+patient's annotated nodules (``nodules.csv``) are checked against the final mask, built or
+reused: one that preprocessing greys out is a warning
+(:mod:`survfed.common.imaging.preprocess.annotations`).
 :func:`load_preprocessed` reads one patient; :func:`clear_cache` removes the cache.
 """
 
@@ -43,6 +46,7 @@ from survfed.common.imaging.preprocess import (
     ScanFileError,
     preprocess_volume,
 )
+from survfed.common.imaging.preprocess.annotations import annotation_warnings
 from survfed.common.imaging.preprocess.export import export_nifti
 
 __all__ = [
@@ -251,6 +255,7 @@ class _Task:
     config: PreprocessConfig
     device: str
     export_dir: Path | None
+    nodules_mm: np.ndarray  # (n, 4) x, y, z, diameter of the patient's annotated nodules
 
 
 def _geometry(plan: SeriesPlan) -> dict[str, Any]:
@@ -320,7 +325,7 @@ def _run_task(task: _Task) -> PatientOutcome:
         **base,
         status=status,
         path=task.path,
-        warnings=tuple(notes) + scan.warnings,
+        warnings=tuple(notes) + scan.warnings + tuple(annotation_warnings(scan, task.nodules_mm)),
         lung_volume_ml=round(scan.lung_volume_ml, 1),
         shape=scan.shape,
         seconds=time.perf_counter() - start,
@@ -422,6 +427,7 @@ def preprocess_site(
                 config,
                 resolved,
                 export,
+                patient.nodules_mm,
             )
         )
     desc = f"preprocessing {Path(catalogue.site_dir).name}"
