@@ -46,7 +46,10 @@ from survfed.common.imaging.preprocess import (
     ScanFileError,
     preprocess_volume,
 )
-from survfed.common.imaging.preprocess.annotations import annotation_warnings
+from survfed.common.imaging.preprocess.annotations import (
+    OUTSIDE_MASK_PREFIX,
+    annotation_warnings,
+)
 from survfed.common.imaging.preprocess.export import export_nifti
 
 __all__ = [
@@ -186,6 +189,11 @@ class SitePreprocessResult:
         """Patients with a cache entry after the run."""
         return self.n_built + self.n_reused
 
+    @property
+    def n_nodules_outside_mask(self) -> int:
+        """Annotated nodules that the final mask greys out (one warning each)."""
+        return sum(w.startswith(OUTSIDE_MASK_PREFIX) for o in self.outcomes for w in o.warnings)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (the command's ``--json``)."""
         vols = [o.lung_volume_ml for o in self.outcomes if o.lung_volume_ml is not None]
@@ -199,6 +207,7 @@ class SitePreprocessResult:
             "built": self.n_built,
             "reused": self.n_reused,
             "failed": self.n_failed,
+            "nodules_outside_mask": self.n_nodules_outside_mask,
             "seconds": round(self.seconds, 3),
             "mean_lung_volume_ml": round(float(np.mean(vols)), 1) if vols else None,
             "export_dir": str(self.export_dir) if self.export_dir else None,

@@ -93,9 +93,16 @@ def train_pooled_detector(
             progress=progress,
         )  # fmt: skip
         site = load_scans(records)
+        erased = result.n_nodules_outside_mask
         log(
             f"{name}: {len(records)} scans preprocessed ({result.n_failed} failed), "
             f"{len(site.scans)} annotated with {site.n_nodules} nodules"
+            + (
+                f"; {erased} annotated nodule(s) greyed out by the lung mask (`survfed preprocess "
+                f"{site_dir}` names them)"
+                if erased
+                else ""
+            )
         )
         scans.extend(site.scans)
         annotated_sites += bool(site.scans)

@@ -76,11 +76,13 @@ def test_annotated_masses_outside_the_final_mask_are_warned(
         cache = tmp_path / f"cache-{site.parent.name}"
         args = ["--cache", str(cache), "--spacing", "2.5", "--device", "cpu", "--json"]
         assert main(["preprocess", str(site), *args]) == 0
-        outcomes = json.loads(capsys.readouterr().out)["outcomes"]
+        data = json.loads(capsys.readouterr().out)
+        outcomes = data["outcomes"]
         found = {
             o["patient_id"]: [w for w in o["warnings"] if w.startswith("annotated nodule")]
             for o in outcomes
         }
+        assert data["nodules_outside_mask"] == sum(len(notes) for notes in found.values())
         return {pid: notes for pid, notes in found.items() if notes}
 
     make_cohort(tmp_path / "m", {"iowa": 8}, seed=21, progress=False, masses=1.0)

@@ -15,11 +15,14 @@ import numpy as np
 
 from survfed.common.imaging.preprocess.result import PreprocessedScan
 
-__all__ = ["MIN_SHARE_INSIDE", "annotation_warnings", "share_inside"]
+__all__ = ["MIN_SHARE_INSIDE", "OUTSIDE_MASK_PREFIX", "annotation_warnings", "share_inside"]
 
 MIN_SHARE_INSIDE = 0.75
 """A nodule with less of its sphere than this inside the final mask is warned about (the
 paper's mask keeps juxtapleural nodules of ordinary size whole: the dilation is 10 mm)."""
+
+OUTSIDE_MASK_PREFIX = "annotated nodule at "
+"""How each warning of :func:`annotation_warnings` begins (to count them)."""
 
 _RADII = (0.0, 0.5, 0.8, 1.0)  # shells, as fractions of the radius
 _DIRECTIONS = 64
@@ -67,7 +70,7 @@ def annotation_warnings(scan: PreprocessedScan, nodules_mm: np.ndarray) -> list[
             continue
         where = "its centre lies outside the final mask" if not centre_in else "partly outside"
         notes.append(
-            f"annotated nodule at ({x:.1f}, {y:.1f}, {z:.1f}) mm, {diameter:.1f} mm: {where}, "
+            f"{OUTSIDE_MASK_PREFIX}({x:.1f}, {y:.1f}, {z:.1f}) mm, {diameter:.1f} mm: {where}, "
             f"{share:.0%} of it inside; the preprocessed scan is grey there, so the detector "
             "and the survival crops do not see that part"
         )
