@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import shutil
 import sys
 import tarfile
 import tempfile
@@ -166,8 +167,6 @@ def fetch(out: Path) -> list[Path]:
     Raises:
         OSError: a download failed, or a file does not match its checksum.
     """
-    import shutil
-
     out.mkdir(parents=True, exist_ok=True)
     todo = set(missing(out))
     for source in SOURCES:

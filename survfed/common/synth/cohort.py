@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from survfed.common.synth.naming import patient_ids
+from survfed.common.synth.nodules import MASS_DIAMETER_MM
 from survfed.common.synth.outcomes import OutcomeParams, oracle_c_index
 from survfed.common.synth.patient import PatientResult, PatientTask, make_patient
 from survfed.common.synth.presets import get_preset
@@ -126,7 +127,8 @@ class CohortSummary:
             f"(truth in {self.out / TRUTH_DIR})"
         )
         if self.masses:
-            lines.append(f"malignant lesions drawn as 30-60 mm masses: {self.masses:.0%}")
+            lo, hi = MASS_DIAMETER_MM
+            lines.append(f"malignant lesions drawn as {lo:g}-{hi:g} mm masses: {self.masses:.0%}")
         return "\n".join(lines)
 
 

@@ -26,6 +26,8 @@ from functools import cached_property
 import numpy as np
 from scipy.special import eval_legendre
 
+from survfed.common.sphere import fibonacci_directions
+
 __all__ = [
     "Nodule",
     "draw_nodules",
@@ -91,15 +93,6 @@ class Nodule:
         if not factor > 0:
             raise ValueError(f"factor must be > 0, got {factor}")
         return replace(self, r0=self.r0 * factor)
-
-
-def fibonacci_directions(n: int) -> np.ndarray:
-    """``(n, 3)`` nearly uniform unit vectors on the sphere (Fibonacci lattice)."""
-    k = np.arange(n) + 0.5
-    z = 1.0 - 2.0 * k / n
-    phi = np.pi * (3.0 - np.sqrt(5.0)) * k
-    s = np.sqrt(1.0 - z**2)
-    return np.stack([s * np.cos(phi), s * np.sin(phi), z], axis=-1)
 
 
 def _unit_vectors(rng: np.random.Generator, n: int) -> np.ndarray:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from survfed.common.imaging.preprocess.result import PreprocessedScan
+from survfed.common.sphere import fibonacci_directions
 
 __all__ = ["MIN_SHARE_INSIDE", "OUTSIDE_MASK_PREFIX", "annotation_warnings", "share_inside"]
 
@@ -24,32 +25,36 @@ paper's mask keeps juxtapleural nodules of ordinary size whole: the dilation is 
 OUTSIDE_MASK_PREFIX = "annotated nodule at "
 """How each warning of :func:`annotation_warnings` begins (to count them)."""
 
-_RADII = (0.0, 0.5, 0.8, 1.0)  # shells, as fractions of the radius
-_DIRECTIONS = 64
+_RADII = (0.0, 0.5, 0.8, 1.0)  # the centre and three shells, as fractions of the radius
+_VOLUMES = np.diff(np.array([0.0, 0.25, 0.65, 0.9, 1.0]) ** 3)  # between the shells' midpoints
+# the lattice mirrored in y (turning the other way round z): the one the shares quoted in the
+# docs and tests were measured with
+_DIRECTIONS = fibonacci_directions(64) * np.array([1.0, -1.0, 1.0])
 
 
 def _sphere_points(centre: np.ndarray, diameter_mm: float) -> tuple[np.ndarray, np.ndarray]:
-    """Points of the sphere (centre and three shells of Fibonacci directions), with weights
-    proportional to the volume each stands for, summing to 1."""
-    k = np.arange(_DIRECTIONS) + 0.5
-    polar = np.arccos(1.0 - 2.0 * k / _DIRECTIONS)
-    azimuth = np.pi * (1.0 + 5.0**0.5) * k
-    unit = np.stack(
-        [np.sin(polar) * np.cos(azimuth), np.sin(polar) * np.sin(azimuth), np.cos(polar)], axis=1
-    )
-    bounds = np.array([0.0, 0.25, 0.65, 0.9, 1.0]) ** 3  # shell volumes between the midpoints
-    points, weights = [centre[None, :]], [np.array([bounds[1] - bounds[0]])]
-    for n, fraction in enumerate(_RADII[1:], start=1):
-        points.append(centre + unit * (fraction * diameter_mm / 2.0))
-        weights.append(np.full(_DIRECTIONS, (bounds[n + 1] - bounds[n]) / _DIRECTIONS))
+    """The centre, then three shells of directions, with weights proportional to the volume
+    each point stands for, summing to 1."""
+    points, weights = [centre[None, :]], [_VOLUMES[:1]]
+    for fraction, volume in zip(_RADII[1:], _VOLUMES[1:], strict=True):
+        points.append(centre + _DIRECTIONS * (fraction * diameter_mm / 2.0))
+        weights.append(np.full(len(_DIRECTIONS), volume / len(_DIRECTIONS)))
     return np.concatenate(points), np.concatenate(weights)
+
+
+def _inside(
+    scan: PreprocessedScan, centre_mm: np.ndarray, diameter_mm: float
+) -> tuple[bool, float]:
+    """Whether the centre lies in the final mask, and the share of the sphere that does."""
+    points, weights = _sphere_points(np.asarray(centre_mm, dtype=np.float64), float(diameter_mm))
+    inside = scan.contains(points)
+    return bool(inside[0]), float(np.sum(weights[inside]))
 
 
 def share_inside(scan: PreprocessedScan, centre_mm: np.ndarray, diameter_mm: float) -> float:
     """Share (0-1, by volume) of the sphere of ``diameter_mm`` at ``centre_mm`` (patient x, y, z
     in mm) that lies in the final mask of ``scan``."""
-    points, weights = _sphere_points(np.asarray(centre_mm, dtype=np.float64), float(diameter_mm))
-    return float(np.sum(weights[scan.contains(points)]))
+    return _inside(scan, centre_mm, diameter_mm)[1]
 
 
 def annotation_warnings(scan: PreprocessedScan, nodules_mm: np.ndarray) -> list[str]:
@@ -63,9 +68,7 @@ def annotation_warnings(scan: PreprocessedScan, nodules_mm: np.ndarray) -> list[
     nodules = np.asarray(nodules_mm, dtype=np.float64).reshape(-1, 4)
     notes = []
     for x, y, z, diameter in nodules:
-        centre = np.array([x, y, z])
-        share = share_inside(scan, centre, diameter)
-        centre_in = bool(scan.contains(centre[None, :])[0])
+        centre_in, share = _inside(scan, np.array([x, y, z]), diameter)
         if centre_in and share >= MIN_SHARE_INSIDE:
             continue
         where = "its centre lies outside the final mask" if not centre_in else "partly outside"
