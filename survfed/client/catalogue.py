@@ -6,13 +6,17 @@ What happens to messy data (each skipped item becomes a :class:`Problem` with it
 * files that are not DICOM, unreadable or truncated → ``error`` for that file;
 * series whose Modality is not CT, or made only of localizer (scout) images → ``error`` for the
   series (it is not a CT volume), naming the modality;
-* several CT series per patient: projection images (MIP, MinIP: ImageType) only when nothing
-  else is usable; then the most recent study (StudyDate + StudyTime) wins, then original axial
-  images over reformats in other planes and DERIVED images, then the thinnest slice spacing; the
-  others are listed in :attr:`SitePatient.other_series` (not problems). Choosing a projection,
-  a reformat or derived images (nothing else usable) is a ``warning``. When the preferred series
-  is unusable (see :mod:`survfed.common.imaging.dicom_read` for the geometry rules) the next one
-  is used and the reason is reported;
+* several CT series per patient: ``clinical.csv`` may name the baseline scan (the scan at time
+  zero). With ``series_uid`` that series is used and no other; with ``baseline_date`` only
+  studies on or before that day are candidates (later ones are follow-up scans). Among the
+  candidates, projection images (MIP, MinIP: ImageType) only when nothing else is usable; then
+  the most recent study (StudyDate + StudyTime) wins, then original axial images over reformats
+  in other planes and DERIVED images, then the thinnest slice spacing; the others are listed in
+  :attr:`SitePatient.other_series` (not problems). Choosing a projection, a reformat or derived
+  images (nothing else usable) is a ``warning``; so is choosing among studies of different days
+  when ``clinical.csv`` names neither (the newest may be a follow-up scan). When the preferred
+  series is unusable (see :mod:`survfed.common.imaging.dicom_read` for the geometry rules) the
+  next one is used and the reason is reported, except for a series named by ``series_uid``;
 * repairs made to the chosen series (duplicate files dropped, uneven spacing resampled, gantry
   tilt corrected) → ``warning``;
 * a series without a clinical row, a clinical row without usable images, and every
@@ -24,6 +28,7 @@ pixels are decoded by :meth:`SiteCatalogue.load_volume`.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -36,6 +41,7 @@ from survfed.client.clinical import (
     ClinicalTable,
     NoduleTable,
     Problem,
+    parse_date,
     read_clinical,
     read_nodules,
 )
@@ -79,6 +85,7 @@ class SeriesSummary:
         modality: DICOM Modality.
         study_datetime: ``YYYYMMDDHHMMSS`` of the study.
         n_files: number of files in the series.
+        description: its SeriesDescription ("" when absent).
         folder: folder holding its (first) file, relative to the site.
         status: ``"chosen"``, ``"not chosen: ..."`` or ``"unusable: ..."`` / ``"skipped: ..."``.
         slice_spacing_mm: output slice spacing when the geometry is valid, else None.
@@ -98,6 +105,7 @@ class SeriesSummary:
     pixel_spacing_mm: tuple[float, float] | None = None
     shape: tuple[int, int, int] | None = None
     transfer_syntaxes: tuple[str, ...] = ()
+    description: str = ""
 
 
 @dataclass(frozen=True)
@@ -251,6 +259,11 @@ class _Candidate:
         return max(h.study_datetime for h in self.headers)
 
     @property
+    def date(self) -> dt.date | None:
+        """The study's day, or None when StudyDate is missing or malformed."""
+        return parse_date(self.datetime[:8])
+
+    @property
     def spacing(self) -> float:
         if self.plan is not None:
             return self.plan.spacing[0]
@@ -330,22 +343,117 @@ def _scan(
     return by_series
 
 
+def _dates(candidates: list[_Candidate]) -> str:
+    days = sorted({c.date.isoformat() if c.date else "no StudyDate" for c in candidates})
+    return ", ".join(days)
+
+
+def _pin_missing(pinned: str, candidates: list[_Candidate], owners: dict[str, str]) -> str:
+    """Why the series named by ``series_uid`` is not among the patient's CT candidates."""
+    where = owners.get(pinned, "no series with that UID was found under dicom/")
+    listed = ", ".join(
+        f"{c.uid} ({c.date.isoformat() if c.date else 'no StudyDate'})" for c in candidates
+    )
+    return f"series_uid {pinned} is not one of this patient's CT series ({where})" + (
+        f"; its CT series: {listed}" if listed else ""
+    )
+
+
+def _exclusions(
+    candidates: list[_Candidate], row: ClinicalRow | None, owners: dict[str, str]
+) -> tuple[dict[str, str], str | None]:
+    """Candidates that ``clinical.csv`` rules out (UID -> why), and why none is left, if so."""
+    if row is None or not candidates:
+        return {}, None
+    if row.series_uid:
+        excluded = {
+            c.uid: f"clinical.csv names series {row.series_uid}"
+            for c in candidates
+            if c.uid != row.series_uid
+        }
+        if len(excluded) == len(candidates):
+            return excluded, _pin_missing(row.series_uid, candidates, owners)
+        return excluded, None
+    if row.baseline_date is None:
+        return {}, None
+    baseline = row.baseline_date.isoformat()
+    excluded = {
+        c.uid: f"study of {c.date.isoformat()} is after baseline_date {baseline}"
+        for c in candidates
+        if c.date is not None and c.date > row.baseline_date
+    }
+    if len(excluded) == len(candidates):
+        return excluded, (
+            f"no CT study on or before baseline_date {baseline} (studies found: "
+            f"{_dates(candidates)}); the later ones are not the scan at time zero"
+        )
+    return excluded, None
+
+
+def _choice_notes(
+    chosen: _Candidate, candidates: list[_Candidate], row: ClinicalRow | None
+) -> list[str]:
+    """Warnings about which scan was taken as the baseline (empty when nothing to say)."""
+    if row is None:
+        return []
+    day = chosen.date.isoformat() if chosen.date else None
+    if row.series_uid and row.baseline_date is not None and chosen.date is not None:
+        if chosen.date > row.baseline_date:
+            return [
+                f"the series named by series_uid is from a study of {day}, after baseline_date "
+                f"{row.baseline_date.isoformat()}; clinical.csv contradicts itself (the series "
+                "named is used)"
+            ]
+        return []
+    if row.series_uid:
+        return []
+    if row.baseline_date is not None:
+        if chosen.date is None:
+            return [
+                f"StudyDate is missing, so the series cannot be checked against baseline_date "
+                f"{row.baseline_date.isoformat()}; used anyway (no dated study qualifies)"
+            ]
+        return []
+    usable = [c for c in candidates if c.plan is not None]
+    if len({c.date for c in usable}) < 2:
+        return []
+    return [
+        f"CT studies of several days ({_dates(usable)}): the study of {day or 'no StudyDate'} "
+        "is used, as the most recent. A survival model wants the scan at time zero (from which "
+        "time_days counts), and a later scan may be a follow-up: give baseline_date or "
+        "series_uid in clinical.csv"
+    ]
+
+
 def _choose(
-    site_dir: Path, patient_id: str, candidates: list[_Candidate], problems: list[Problem]
-) -> tuple[_Candidate | None, list[tuple[str, str]], dict[str, str]]:
-    """Plan every candidate and pick one; returns (chosen, other_series, status per UID)."""
+    site_dir: Path,
+    patient_id: str,
+    candidates: list[_Candidate],
+    problems: list[Problem],
+    row: ClinicalRow | None,
+    owners: dict[str, str],
+) -> tuple[_Candidate | None, list[tuple[str, str]], dict[str, str], str | None]:
+    """Plan every candidate and pick one.
+
+    Returns:
+        (chosen, other_series, status per UID, why none was chosen when ``clinical.csv``'s
+        ``series_uid`` or ``baseline_date`` left no candidate).
+    """
     for candidate in candidates:
         try:
             candidate.plan = plan_series(candidate.headers)
         except SeriesError as exc:
             candidate.error = exc
-    # stable sorts, last key first: no projection series while another is usable; then the
-    # newest study; then original axial images before reformats and derived ones; then the
-    # thinnest slices
+    excluded, why_none = _exclusions(candidates, row, owners)
+    # stable sorts, last key first: what clinical.csv rules out last; no projection series
+    # while another is usable; then the newest study; then original axial images before
+    # reformats and derived ones; then the thinnest slices
     candidates.sort(key=lambda c: (bool(c.not_original), c.spacing, c.uid))
     candidates.sort(key=lambda c: c.datetime, reverse=True)
     candidates.sort(key=lambda c: c.projection)
-    chosen = next((c for c in candidates if c.plan is not None), None)
+    candidates.sort(key=lambda c: c.uid in excluded)
+    chosen = next((c for c in candidates if c.plan is not None and c.uid not in excluded), None)
+    pinned = bool(row is not None and row.series_uid)
     others: list[tuple[str, str]] = []
     status: dict[str, str] = {}
     passed_chosen = False
@@ -365,14 +473,21 @@ def _choose(
                         "warning",
                     )
                 )
+            for note in _choice_notes(candidate, candidates, row):
+                problems.append(Problem(patient_id, candidate.folder, note, "warning"))
             continue
+        ruled_out = excluded.get(candidate.uid)
         if candidate.error is not None:
             reason = candidate.error.reason
             status[candidate.uid] = f"unusable: {reason}"
             others.append((candidate.uid, f"unusable: {reason}"))
-            if not passed_chosen:
+            if not passed_chosen and ruled_out is None:
                 fallback = (
-                    f"; using series {chosen.uid} instead" if chosen else "; no other CT series"
+                    "; clinical.csv's series_uid names this series, so no other is used"
+                    if pinned
+                    else f"; using series {chosen.uid} instead"
+                    if chosen
+                    else "; no other CT series"
                 )
                 problems.append(
                     Problem(
@@ -382,21 +497,24 @@ def _choose(
                     )
                 )
             else:  # a series that would not have been chosen anyway: still say what is wrong
+                why = ruled_out or f"series {chosen.uid if chosen else '?'} is used"
                 problems.append(
                     Problem(
                         patient_id,
                         _relative(site_dir, candidate.error.path),
-                        f"CT series {candidate.uid} unusable: {reason} (not needed: series "
-                        f"{chosen.uid if chosen else '?'} is used)",
+                        f"CT series {candidate.uid} unusable: {reason} (not needed: {why})",
                         "warning",
                     )
                 )
             continue
-        assert chosen is not None
-        why = _why_not_chosen(candidate, chosen)
+        if ruled_out is not None:
+            why = ruled_out
+        else:
+            assert chosen is not None
+            why = _why_not_chosen(candidate, chosen)
         status[candidate.uid] = f"not chosen: {why}"
         others.append((candidate.uid, f"not chosen: {why}"))
-    return chosen, others, status
+    return chosen, others, status, why_none
 
 
 def _summary(candidate: _Candidate, patient_id: str, modality: str, status: str) -> SeriesSummary:
@@ -414,6 +532,7 @@ def _summary(candidate: _Candidate, patient_id: str, modality: str, status: str)
         pixel_spacing_mm=first.pixel_spacing,
         shape=plan.shape if plan else None,
         transfer_syntaxes=tuple(sorted({h.transfer_syntax_uid for h in candidate.headers})),
+        description=first.series_description,
     )
 
 
@@ -492,12 +611,15 @@ def catalogue_site(
             continue
         candidates[patient_id].append(candidate)
 
+    owners = {summary.series_instance_uid: summary.status for summary in series}  # skipped ones
+    for patient_id, found in candidates.items():
+        owners.update({c.uid: f"it is a CT series of PatientID {patient_id}" for c in found})
     patients: dict[str, SitePatient] = {}
     rejected_rows = {p.patient_id for p in clinical.problems if p.severity == "error"}
     for patient_id in sorted(set(candidates) | set(clinical.rows)):
         row = clinical.rows.get(patient_id)
-        chosen, others, status = _choose(
-            site_dir, patient_id, candidates.get(patient_id, []), problems
+        chosen, others, status, why_none = _choose(
+            site_dir, patient_id, candidates.get(patient_id, []), problems, row, owners
         )
         for candidate in candidates.get(patient_id, []):
             series.append(_summary(candidate, patient_id, "CT", status[candidate.uid]))
@@ -515,7 +637,7 @@ def catalogue_site(
             )
         elif row is not None and chosen is None:
             reason = (
-                "no usable CT series (see the series problems)"
+                (why_none or "no usable CT series (see the series problems)")
                 if candidates.get(patient_id)
                 else "no CT images found for this patient"
             )

@@ -3,6 +3,10 @@
 ``clinical.csv`` columns: ``patient_id``, ``time_days`` (≥ 0, days), ``event`` (0/1) are
 required; ``cancer`` (0/1 or empty) and ``nodules_annotated`` (0/1) are optional; every other
 column is a covariate. When ``nodules_annotated`` is absent every patient counts as annotated.
+Two optional columns say which CT is the patient's baseline scan (the one at time zero, which
+``time_days`` counts from): ``baseline_date`` (``YYYY-MM-DD`` or DICOM ``YYYYMMDD``; the newest CT
+study on or before that day is used) and ``series_uid`` (that exact SeriesInstanceUID is used);
+empty means "not given" (see :mod:`survfed.client.catalogue`).
 
 ``nodules.csv`` (optional) columns: ``patient_id``, ``x_mm``, ``y_mm``, ``z_mm`` (patient LPS
 coordinates, mm) and ``diameter_mm`` (> 0). A patient marked annotated with no rows there has no
@@ -16,7 +20,9 @@ is line 1). Rows with errors are left out; the good rows are kept.
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,13 +34,15 @@ __all__ = [
     "Nodule",
     "NoduleTable",
     "Problem",
+    "parse_date",
     "read_clinical",
     "read_nodules",
 ]
 
 CLINICAL_REQUIRED = ("patient_id", "time_days", "event")
 NODULES_REQUIRED = ("patient_id", "x_mm", "y_mm", "z_mm", "diameter_mm")
-_RESERVED = (*CLINICAL_REQUIRED, "cancer", "nodules_annotated")
+_RESERVED = (*CLINICAL_REQUIRED, "cancer", "nodules_annotated", "baseline_date", "series_uid")
+_DATE = re.compile(r"(\d{4})-(\d{2})-(\d{2})|(\d{4})(\d{2})(\d{2})")  # ISO, or DICOM's DA
 _EXTRA = "\0extra"  # key marking a row with more values than header names
 
 
@@ -82,6 +90,8 @@ class ClinicalRow:
         nodules_annotated: whether nodule annotations are complete for this patient.
         covariates: other columns; numbers as float, empty as None, other text as str.
         line: 1-based line number in the file.
+        baseline_date: the day of the baseline scan (time zero), or None when not given.
+        series_uid: the SeriesInstanceUID of the baseline scan, or "" when not given.
     """
 
     patient_id: str
@@ -91,6 +101,8 @@ class ClinicalRow:
     nodules_annotated: bool
     covariates: dict[str, float | str | None]
     line: int
+    baseline_date: dt.date | None = None
+    series_uid: str = ""
 
 
 @dataclass(frozen=True)
@@ -162,6 +174,17 @@ def _binary(text: str) -> int | None:
     return int(value)
 
 
+def parse_date(text: str) -> dt.date | None:
+    """``YYYY-MM-DD`` or DICOM ``YYYYMMDD`` as a date; None when ``text`` is neither."""
+    match = _DATE.fullmatch(text.strip())
+    if match is None:
+        return None
+    try:
+        return dt.date(*(int(part) for part in match.groups() if part is not None))
+    except ValueError:  # month 13, 30 February, ...
+        return None
+
+
 def _missing_file_table(label: str, reason: str) -> ClinicalTable:
     return ClinicalTable(rows={}, problems=(Problem(None, label, reason),), usable=False)
 
@@ -230,6 +253,10 @@ def read_clinical(path: Path, *, label: str = "clinical.csv") -> ClinicalTable:
             cancer = _binary(row["cancer"])
             if cancer is None:
                 reasons.append(f"cancer {row['cancer']!r} is not 0, 1 or empty")
+        baseline_text = row.get("baseline_date", "")
+        baseline = parse_date(baseline_text) if baseline_text else None
+        if baseline_text and baseline is None:
+            reasons.append(f"baseline_date {baseline_text!r} is not a date (YYYY-MM-DD)")
         if _EXTRA in row:
             reasons.append(f"{row[_EXTRA]} more value(s) than columns")
         if reasons:
@@ -263,6 +290,8 @@ def read_clinical(path: Path, *, label: str = "clinical.csv") -> ClinicalTable:
             nodules_annotated=annotated,
             covariates=covariates,
             line=line,
+            baseline_date=baseline,
+            series_uid=row.get("series_uid", ""),
         )
 
     rows: dict[str, ClinicalRow] = {}

@@ -2,13 +2,34 @@
 
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from survfed.client.catalogue import Problem, SiteCatalogue, SiteDataError, catalogue_site
+from survfed.client.catalogue import (
+    Problem,
+    SeriesSummary,
+    SiteCatalogue,
+    SiteDataError,
+    catalogue_site,
+)
 
-__all__ = ["SiteReport", "inspect_site"]
+__all__ = ["SERIES_COLUMNS", "SiteReport", "inspect_site", "write_series_csv"]
+
+SERIES_COLUMNS = (
+    "patient_id",
+    "study_date",
+    "study_time",
+    "series_uid",
+    "description",
+    "files",
+    "slice_spacing_mm",
+    "status",
+    "folder",
+)
+"""Columns of ``survfed inspect --series``: one row per series found, so a person can pick a
+patient's baseline scan and copy its ``series_uid`` into ``clinical.csv``."""
 
 
 def _range(values: list[float]) -> list[float] | None:
@@ -40,6 +61,7 @@ class SiteReport:
     pixel_spacing_mm: list[float] | None
     problems: tuple[Problem, ...] = field(default_factory=tuple)
     deep: bool = False
+    series_list: tuple[SeriesSummary, ...] = field(default_factory=tuple)  # not in to_dict
 
     @property
     def n_errors(self) -> int:
@@ -126,7 +148,38 @@ def _report(catalogue: SiteCatalogue, site: str, deep: bool) -> SiteReport:
         pixel_spacing_mm=_range(pixel),
         problems=tuple(catalogue.problems),
         deep=deep,
+        series_list=tuple(catalogue.series),
     )
+
+
+def write_series_csv(series: tuple[SeriesSummary, ...], path: Path) -> int:
+    """Write one row per series (:data:`SERIES_COLUMNS`, sorted by patient then study time).
+
+    The file holds patient and series identifiers: it is for the site's own staff and stays at
+    the site. Returns the number of rows written.
+    """
+    rows = sorted(series, key=lambda s: (s.patient_id, s.study_datetime, s.series_instance_uid))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(SERIES_COLUMNS)
+        for summary in rows:
+            day, time = summary.study_datetime[:8], summary.study_datetime[8:]
+            writer.writerow(
+                [
+                    summary.patient_id,
+                    f"{day[:4]}-{day[4:6]}-{day[6:]}" if day != "00000000" else "",
+                    f"{time[:2]}:{time[2:4]}:{time[4:]}" if time != "000000" else "",
+                    summary.series_instance_uid,
+                    summary.description,
+                    summary.n_files,
+                    f"{summary.slice_spacing_mm:g}" if summary.slice_spacing_mm else "",
+                    summary.status,
+                    summary.folder,
+                ]
+            )
+    return len(rows)
 
 
 def inspect_site(

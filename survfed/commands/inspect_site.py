@@ -23,13 +23,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--deep", action="store_true", help="also decode every chosen series' pixels"
     )
+    parser.add_argument(
+        "--series",
+        type=Path,
+        metavar="CSV",
+        help=(
+            "also write every series found (patient, study date, series UID, description, "
+            "why chosen or not) to CSV, to pick a patient's baseline scan for clinical.csv's "
+            "series_uid column; holds identifiers: keep it at the site"
+        ),
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from survfed.client.catalogue import NotASiteError
-    from survfed.client.site_report import inspect_site
+    from survfed.client.site_report import inspect_site, write_series_csv
 
     try:
         report = inspect_site(args.site_dir, deep=args.deep, progress=not (args.quiet or args.json))
@@ -41,6 +51,13 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(data, indent=2))
     else:
         print(report.format_text())
+    if args.series is not None:
+        try:
+            n_rows = write_series_csv(report.series_list, args.series)
+        except OSError as exc:
+            print(f"survfed inspect: cannot write --series {args.series}: {exc}", file=sys.stderr)
+            return 2
+        print(f"series list: {args.series} ({n_rows} series)", file=sys.stderr)
     if data["usable"] < 1:
         print(
             f"survfed inspect: no usable patient in {args.site_dir} "

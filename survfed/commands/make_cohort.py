@@ -40,6 +40,16 @@ def register(sub: argparse._SubParsersAction) -> None:
             "8-30 mm (default: 0, none)"
         ),
     )
+    parser.add_argument(
+        "--follow-up-scans",
+        type=float,
+        default=0.0,
+        metavar="SHARE",
+        help=(
+            "share (0-1) of patients who also get a follow-up CT 60-400 days after the "
+            "baseline_date of clinical.csv (default: 0, none)"
+        ),
+    )
     parser.add_argument("--workers", type=int, default=None, help="worker processes")
     parser.add_argument("--overwrite", action="store_true", help="allow a non-empty OUT")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -65,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
             progress=not (args.quiet or args.json),
             overwrite=args.overwrite,
             masses=args.masses,
+            follow_up_scans=args.follow_up_scans,
         )
     except (FileExistsError, ValueError) as exc:
         print(f"survfed make-cohort: {exc}", file=sys.stderr)

@@ -316,13 +316,112 @@ def test_newest_study_then_thinnest_series_is_chosen(site: Path):
         study_date="20230101",
     )
     catalogue = catalogue_site(site)
-    assert catalogue.problems == []
+    # clinical.csv does not say which scan is at time zero: the choice is warned about
+    (warning,) = catalogue.problems
+    assert (warning.patient_id, warning.path, warning.severity) == (
+        "P1",
+        "dicom/P1/new_thin",
+        "warning",
+    )
+    assert "CT studies of several days (2019-01-01, 2020-01-01, 2023-01-01)" in warning.reason
+    assert "the study of 2023-01-01 is used" in warning.reason
+    assert "give baseline_date or series_uid in clinical.csv" in warning.reason
     p1 = catalogue.patients["P1"]
     assert p1.plan.spacing[0] == pytest.approx(2.0)
     reasons = sorted(reason for _, reason in p1.other_series)
     assert reasons[0].startswith("not chosen: older study")
     assert sum("thicker slices" in r for r in reasons) == 1
     assert len(p1.other_series) == 3
+
+
+def _add_column(site: Path, name: str, values: dict[str, str]) -> None:
+    """Append a column to the site's clinical.csv (empty for patients not in ``values``)."""
+    path = site / "clinical.csv"
+    header, *rows = path.read_text().splitlines()
+    rows = [f"{row},{values.get(row.split(',')[0], '')}" for row in rows]
+    path.write_text("\n".join([f"{header},{name}", *rows]) + "\n")
+
+
+def _three_studies(site: Path) -> dict[str, str]:
+    """P1 scanned before (2019), at (2020, make_site's series) and after (2021) time zero;
+    the follow-up is the thinnest. Returns the series UIDs by study year."""
+    dicom, center = site / "dicom", sphere_center(0)
+    for tag, day, slices in (("prior", "20190101", 2.0), ("follow_up", "20210601", 1.0)):
+        write_series(
+            dicom,
+            "P1",
+            sphere_volume(center, spacing=(slices, 1.25, 1.25)),
+            tag=tag,
+            study_date=day,
+        )
+    return {
+        year: series_meta("P1", tag).series_instance_uid
+        for year, tag in (("2019", "prior"), ("2020", "ct"), ("2021", "follow_up"))
+    }
+
+
+def test_baseline_date_takes_the_newest_study_up_to_time_zero(site: Path):
+    """A follow-up scan after time zero (newest and thinnest) is not the baseline scan."""
+    uids = _three_studies(site)
+    _add_column(site, "baseline_date", {"P1": "2020-03-15", "P2": "20191231", "P3": "2020-01-01"})
+    catalogue = catalogue_site(site)
+    p1 = catalogue.patients["P1"]
+    assert p1.series_instance_uid == uids["2020"]
+    assert dict(p1.other_series) == {
+        uids["2019"]: "not chosen: older study",
+        uids["2021"]: "not chosen: study of 2021-06-01 is after baseline_date 2020-03-15",
+    }
+    # P2's only CT is from the day after its baseline: not used, and why is said on its row
+    (error,) = catalogue.problems
+    assert (error.patient_id, error.path, error.severity) == ("P2", "clinical.csv:3", "error")
+    assert error.reason.startswith(
+        "no CT study on or before baseline_date 2019-12-31 (studies found: 2020-01-01)"
+    )
+    assert _usable(catalogue) == ["P1", "P3"]  # P3: a study on the baseline day qualifies
+    summary = {s.series_instance_uid: s.status for s in catalogue.series}
+    assert summary[uids["2020"]] == "chosen"
+
+
+def test_series_uid_names_the_scan(site: Path):
+    uids = _three_studies(site)
+    p3_uid = series_meta("P3", "ct").series_instance_uid
+    _add_column(site, "series_uid", {"P1": uids["2019"], "P2": uids["2021"], "P3": "1.2.3.4"})
+    catalogue = catalogue_site(site)
+    p1 = catalogue.patients["P1"]
+    assert p1.series_instance_uid == uids["2019"]
+    assert p1.plan.spacing[0] == pytest.approx(2.0)
+    assert {reason for _, reason in p1.other_series} == {
+        f"not chosen: clinical.csv names series {uids['2019']}"
+    }
+    errors = {p.patient_id: p for p in catalogue.problems}
+    assert set(errors) == {"P2", "P3"} and all(p.severity == "error" for p in errors.values())
+    assert errors["P2"].path == "clinical.csv:3"
+    assert errors["P2"].reason == (
+        f"series_uid {uids['2021']} is not one of this patient's CT series (it is a CT series "
+        f"of PatientID P1); its CT series: {series_meta('P2', 'ct').series_instance_uid} "
+        "(2020-01-01)"
+    )
+    assert errors["P3"].reason == (
+        "series_uid 1.2.3.4 is not one of this patient's CT series (no series with that UID "
+        f"was found under dicom/); its CT series: {p3_uid} (2020-01-01)"
+    )
+    assert _usable(catalogue) == ["P1"]
+
+
+def test_a_named_series_that_is_unusable_is_not_replaced(site: Path):
+    """The user said which scan; a broken one is reported, not swapped for another."""
+    uids = _three_studies(site)
+    series_files(site, "P1", "prior")[5].unlink()
+    _add_column(site, "series_uid", {"P1": uids["2019"]})
+    catalogue = catalogue_site(site)
+    errors = _errors(catalogue)
+    assert [p.patient_id for p in errors] == ["P1", "P1"]
+    assert "missing slice(s)" in errors[0].reason
+    assert errors[0].reason.endswith(
+        "clinical.csv's series_uid names this series, so no other is used"
+    )
+    assert errors[1].path == "clinical.csv:2"
+    assert _usable(catalogue) == ["P2", "P3"]
 
 
 def _retype(paths: list[Path], image_type: list[str]) -> None:

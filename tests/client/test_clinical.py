@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
 import pytest
 
-from survfed.client.clinical import Problem, read_clinical, read_nodules
+from survfed.client.clinical import Problem, parse_date, read_clinical, read_nodules
 
 GOOD = "P1,100,1,0\nP2,250.5,0,1\n"
 
@@ -146,3 +147,39 @@ def test_nodules_missing_column_or_file(tmp_path: Path):
     path.write_text("patient_id,x_mm,y_mm,z_mm\nP1,1,2,3\n")
     table = read_nodules(path)
     assert not table.usable and "diameter_mm" in table.problems[0].reason
+
+
+def test_baseline_scan_columns(tmp_path: Path):
+    """``baseline_date`` (ISO or DICOM form) and ``series_uid`` say which CT is at time zero;
+    they are not covariates, and empty means not given."""
+    table = _clinical(
+        tmp_path,
+        "P1,100,1,2021-03-04,,70\nP2,20,0,20190101,1.2.840.1,\nP3,5,0,,,\n",
+        header="patient_id,time_days,event,baseline_date,series_uid,age",
+    )
+    assert table.problems == () and table.covariate_names == ("age",)
+    rows = table.rows
+    assert (rows["P1"].baseline_date, rows["P1"].series_uid) == (dt.date(2021, 3, 4), "")
+    assert (rows["P2"].baseline_date, rows["P2"].series_uid) == (dt.date(2019, 1, 1), "1.2.840.1")
+    assert (rows["P3"].baseline_date, rows["P3"].series_uid) == (None, "")
+
+
+@pytest.mark.parametrize("value", ["2021-13-01", "2021-02-30", "04/03/2021", "2021-0304", "soon"])
+def test_bad_baseline_date(tmp_path: Path, value: str):
+    """A scan choice that cannot be made safely rejects the row (a later scan could be used)."""
+    table = _clinical(
+        tmp_path,
+        f"P1,100,1,2020-01-01\nP2,5,0,{value}\n",
+        header="patient_id,time_days,event,baseline_date",
+    )
+    problem = _only_error(table, 3)
+    assert f"baseline_date {value!r} is not a date (YYYY-MM-DD)" in problem.reason
+    assert set(table.rows) == {"P1"}
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("2021-03-04", dt.date(2021, 3, 4)), ("20210304", dt.date(2021, 3, 4)), ("2021-3-4", None)],
+)
+def test_parse_date(text: str, expected: dt.date | None):
+    assert parse_date(text) == expected

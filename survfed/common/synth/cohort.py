@@ -2,7 +2,8 @@
 
 Layout written by :func:`make_cohort`::
 
-    OUT/<site>/clinical.csv      patient_id,time_days,event,cancer,nodules_annotated,age,sex
+    OUT/<site>/clinical.csv      patient_id,time_days,event,cancer,nodules_annotated,
+                                 baseline_date,age,sex
     OUT/<site>/nodules.csv       patient_id,x_mm,y_mm,z_mm,diameter_mm (annotated patients)
     OUT/<site>/dicom/...         CT Image Storage files, layout and encoding per site
     OUT/_truth/<site>/truth.csv, nodules_truth.csv, <pid>_lung.nii.gz, <pid>_nodules.nii.gz
@@ -29,15 +30,24 @@ import numpy as np
 from survfed.common.synth.naming import patient_ids
 from survfed.common.synth.nodules import MASS_DIAMETER_MM
 from survfed.common.synth.outcomes import OutcomeParams, oracle_c_index
-from survfed.common.synth.patient import PatientResult, PatientTask, make_patient
+from survfed.common.synth.patient import FOLLOW_UP_DAYS, PatientResult, PatientTask, make_patient
 from survfed.common.synth.presets import get_preset
 from survfed.common.synth.sites import SiteProfile, parse_sites, site_key, site_profile
 
 __all__ = ["GENERATOR_VERSION", "CohortSummary", "SiteSummary", "make_cohort", "parse_sites"]
 
-GENERATOR_VERSION = "1.0"
+GENERATOR_VERSION = "1.1"  # 1.1: baseline_date in clinical.csv, follow-up scans
 TRUTH_DIR = "_truth"
-CLINICAL_COLUMNS = ("patient_id", "time_days", "event", "cancer", "nodules_annotated", "age", "sex")
+CLINICAL_COLUMNS = (
+    "patient_id",
+    "time_days",
+    "event",
+    "cancer",
+    "nodules_annotated",
+    "baseline_date",
+    "age",
+    "sex",
+)
 NODULE_COLUMNS = ("patient_id", "x_mm", "y_mm", "z_mm", "diameter_mm")
 NODULE_TRUTH_COLUMNS = (
     "patient_id",
@@ -82,6 +92,7 @@ class CohortSummary:
     seconds: float = 0.0
     bytes: int = 0
     masses: float = 0.0
+    follow_up_scans: float = 0.0
 
     @property
     def n_patients(self) -> int:
@@ -101,6 +112,7 @@ class CohortSummary:
             "seed": self.seed,
             "preset": self.preset,
             "masses": self.masses,
+            "follow_up_scans": self.follow_up_scans,
             "n_patients": self.n_patients,
             "oracle_c_index": clean(self.oracle_c_index),
             "seconds": round(self.seconds, 2),
@@ -129,6 +141,11 @@ class CohortSummary:
         if self.masses:
             lo, hi = MASS_DIAMETER_MM
             lines.append(f"malignant lesions drawn as {lo:g}-{hi:g} mm masses: {self.masses:.0%}")
+        if self.follow_up_scans:
+            lines.append(
+                f"patients with a follow-up CT after baseline_date: up to "
+                f"{self.follow_up_scans:.0%} (those still followed {FOLLOW_UP_DAYS[0]} days on)"
+            )
         return "\n".join(lines)
 
 
@@ -240,6 +257,7 @@ def make_cohort(
     overwrite: bool = False,
     params: OutcomeParams | None = None,
     masses: float = 0.0,
+    follow_up_scans: float = 0.0,
 ) -> CohortSummary:
     """Write a synthetic multi-site cohort into ``out`` (see the module docstring).
 
@@ -256,6 +274,10 @@ def make_cohort(
         masses: share in [0, 1] of malignant lesions drawn as masses of 30-60 mm instead of
             nodules of 8-30 mm (:data:`~survfed.common.synth.nodules.MASS_DIAMETER_MM`). At 0
             (the default) the cohort is byte for byte the one written without this option.
+        follow_up_scans: share in [0, 1] of patients who also get a follow-up CT study
+            60-400 days after ``baseline_date`` (thinnest slices, malignant nodules 1.2-1.6 ×
+            wider), if still followed then. ``clinical.csv``'s ``baseline_date`` names the scan
+            at time zero; the truth masks are of that scan. At 0 nothing else changes.
 
     Returns:
         A :class:`CohortSummary` with per-site counts, oracle C-index, bytes and seconds.
@@ -274,6 +296,10 @@ def make_cohort(
     profiles = [site_profile(name) for name in sites]
     if not (isinstance(masses, int | float) and 0.0 <= float(masses) <= 1.0):
         raise ValueError(f"masses must be a share between 0 and 1, got {masses!r}")
+    if not (isinstance(follow_up_scans, int | float) and 0.0 <= float(follow_up_scans) <= 1.0):
+        raise ValueError(
+            f"follow_up_scans must be a share between 0 and 1, got {follow_up_scans!r}"
+        )
     if workers is None:
         workers = min(2, os.cpu_count() or 1)
     if workers < 1:
@@ -293,7 +319,16 @@ def make_cohort(
         ids = patient_ids(id_rng, prefix, int(sites[profile.name]))
         tasks += [
             PatientTask(
-                int(seed), profile, preset_spec, k, pid, site_dir, truth_dir, params, float(masses)
+                int(seed),
+                profile,
+                preset_spec,
+                k,
+                pid,
+                site_dir,
+                truth_dir,
+                params,
+                float(masses),
+                float(follow_up_scans),
             )
             for k, pid in enumerate(ids)
         ]
@@ -348,6 +383,7 @@ def make_cohort(
         "sites": site_json,
         "oracle_c_index": pooled,
         **({"masses": float(masses)} if masses else {}),
+        **({"follow_up_scans": float(follow_up_scans)} if follow_up_scans else {}),
         "outcome_params": params.as_dict(),
         "formula": (
             "eta = beta_0 + cancer * (beta_c + beta_d * (d_max_mm - d_ref_mm) / 10 + beta_s * "
@@ -370,4 +406,5 @@ def make_cohort(
         seconds=time.perf_counter() - start,
         bytes=total,
         masses=float(masses),
+        follow_up_scans=float(follow_up_scans),
     )

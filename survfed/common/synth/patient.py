@@ -27,7 +27,12 @@ from survfed.common.synth.sites import SiteProfile, site_key
 __all__ = ["PatientResult", "PatientTask", "make_patient"]
 
 # random stream numbers (the 4th SeedSequence entry)
-_S_CLINICAL, _S_ANATOMY, _S_NODULES, _S_OUTCOME, _S_STUDIES, _S_NAMES = range(6)
+_S_CLINICAL, _S_ANATOMY, _S_NODULES, _S_OUTCOME, _S_STUDIES, _S_NAMES, _S_FOLLOW_UP = range(7)
+FOLLOW_UP_DAYS = (60, 400)
+"""A follow-up scan is taken this many days after time zero (uniform), while the patient is
+still followed (before ``time_days``)."""
+FOLLOW_UP_GROWTH = (1.2, 1.6)
+"""Malignant nodules are this much wider on the follow-up scan (uniform)."""
 _S_NOISE = 100  # + series number
 
 
@@ -44,6 +49,7 @@ class PatientTask:
     truth_dir: Path
     params: OutcomeParams
     mass_fraction: float = 0.0
+    follow_up_fraction: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -62,7 +68,7 @@ class PatientResult:
 
 @dataclass(frozen=True)
 class _Series:
-    study: int  # 0 = most recent study, 1 = older study
+    study: int  # 0 = the study at time zero, 1 = an older study, 2 = a follow-up study
     number: int
     slice_mm: float
 
@@ -93,6 +99,37 @@ def _plan_series(task: PatientTask, rng: np.random.Generator) -> list[_Series]:
     if rng.random() < site.p_older_study:
         series.append(_Series(1, 2, float(rng.choice(choices))))
     return series
+
+
+@dataclass(frozen=True)
+class _FollowUp:
+    series: _Series
+    date: dt.date
+    offset: tuple[float, float, float]
+    growth: float
+    token: str
+
+
+def _follow_up(task: PatientTask, time_days: float, entry: dt.date) -> _FollowUp | None:
+    """The patient's follow-up study, if it gets one (own random stream: the rest of the
+    patient is the same with or without follow-up scans)."""
+    if task.follow_up_fraction <= 0.0:
+        return None
+    rng = _rng(task, _S_FOLLOW_UP)
+    wanted = rng.random() < task.follow_up_fraction
+    lo, hi = FOLLOW_UP_DAYS
+    if not wanted or time_days <= lo:
+        return None  # the patient left follow-up before a scan was due
+    days = int(rng.integers(lo, int(min(hi, time_days))))
+    offset = (rng.uniform(-12, 12), rng.uniform(-8, 8), rng.uniform(-40, 40))
+    thinnest = min(task.site.slice_choices(task.preset.name))
+    return _FollowUp(
+        series=_Series(2, 2, float(thinnest)),
+        date=entry + dt.timedelta(days=days),
+        offset=offset,
+        growth=float(rng.uniform(*FOLLOW_UP_GROWTH)),
+        token=token(rng, 10),
+    )
 
 
 def _write_mask(labels: Volume, path: Path) -> None:
@@ -145,6 +182,14 @@ def make_patient(task: PatientTask) -> PatientResult:
     growth = rng_s.uniform(0.55, 0.85)
     rng_names = _rng(task, _S_NAMES)
     study_tokens = [token(rng_names, 10), token(rng_names, 10)]
+    dates = {0: entry, 1: older}
+    offsets = {0: (0.0, 0.0, 0.0), 1: older_offset}
+    scale = {1: growth}  # malignant nodules' size on that study relative to time zero
+    follow_up = _follow_up(task, outcome.time_days, entry)
+    if follow_up is not None:
+        plans.append(follow_up.series)
+        dates[2], offsets[2], scale[2] = follow_up.date, follow_up.offset, follow_up.growth
+        study_tokens.append(follow_up.token)
     chosen = min((s for s in plans if s.study == 0), key=lambda s: s.slice_mm)
 
     encoding_rng = _rng(task, _S_STUDIES + 50)
@@ -157,10 +202,11 @@ def make_patient(task: PatientTask) -> PatientResult:
     truth_extra: dict[str, object] = {}
     study_times: dict[int, str] = {}  # series of one study share its StudyTime
     for series in plans:
-        study_date = (entry if series.study == 0 else older).strftime("%Y%m%d")
-        offset = (0.0, 0.0, 0.0) if series.study == 0 else older_offset
+        study_date = dates[series.study].strftime("%Y%m%d")
+        offset = offsets[series.study]
         scan_nodules: list[Nodule] = [
-            n.scaled(growth) if (series.study == 1 and n.malignant) else n for n in nodules
+            n.scaled(scale[series.study]) if (series.study in scale and n.malignant) else n
+            for n in nodules
         ]
         rng_g = _rng(task, _S_NOISE + 10 * series.study + series.number)
         pixel = max(
@@ -247,6 +293,7 @@ def make_patient(task: PatientTask) -> PatientResult:
         "event": outcome.event,
         "cancer": int(cancer),
         "nodules_annotated": int(annotated),
+        "baseline_date": entry.isoformat(),
         "age": int(age),
         "sex": sex,
     }
@@ -283,7 +330,8 @@ def make_patient(task: PatientTask) -> PatientResult:
         "max_malignant_diameter_mm": d_max,
         "irregularity": irregularity,
         "nodules_annotated": int(annotated),
-        "n_studies": 1 + any(s.study == 1 for s in plans),
+        "n_studies": len({s.study for s in plans}),
+        "follow_up_date": follow_up.date.strftime("%Y%m%d") if follow_up else "",
         "n_series": len(plans),
         **truth_extra,
         "dose": "low" if site.noise_sd_hu[0] >= 25.0 else "standard",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import gzip
 import hashlib
 import json
@@ -17,6 +18,7 @@ import SimpleITK as sitk
 from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless, RLELossless
 
 from survfed.common.synth import make_cohort, parse_sites
+from survfed.common.synth.sites import site_profile
 
 SITES = "iowa:3,maastro:3,stanford:3"
 
@@ -59,6 +61,7 @@ def test_layout_and_summary(cohort):
             "event",
             "cancer",
             "nodules_annotated",
+            "baseline_date",
             "age",
             "sex",
         ]
@@ -217,6 +220,8 @@ def test_refuses_non_empty_out_unless_overwrite(tmp_path):
         make_cohort(tmp_path / "new", {"iowa": 0})
     with pytest.raises(ValueError, match="masses must be a share between 0 and 1"):
         make_cohort(tmp_path / "new", {"iowa": 1}, masses=1.5)
+    with pytest.raises(ValueError, match="follow_up_scans must be a share between 0 and 1"):
+        make_cohort(tmp_path / "new", {"iowa": 1}, follow_up_scans=-0.5)
     assert not (tmp_path / "new").exists()
 
 
@@ -238,6 +243,43 @@ def test_masses_option(cohort, tmp_path):
     make_cohort(plain, {"iowa": 3}, seed=11, progress=False, workers=1, masses=0.0)
     fixture_iowa = _tree_hash(cohort[0] / "iowa")
     assert _tree_hash(plain / "iowa") == fixture_iowa
+
+
+def test_follow_up_scans_option(cohort, tmp_path):
+    """``follow_up_scans=1``: every patient still followed 60 days after ``baseline_date`` gets
+    a later study with the site's thinnest slices and grown malignant nodules; everything of
+    the study at time zero (the truth's series) is as without the option."""
+    out = tmp_path / "follow_up"
+    summary = make_cohort(out, {"iowa": 6}, seed=11, progress=False, workers=1, follow_up_scans=1.0)
+    clinical = {r["patient_id"]: r for r in _read_csv(out / "iowa" / "clinical.csv")}
+    truth = {r["patient_id"]: r for r in _read_csv(out / "_truth" / "iowa" / "truth.csv")}
+    followed = [pid for pid, row in truth.items() if row["follow_up_date"]]
+    assert len(followed) == 5  # IOW-4293 left follow-up after 48 days: no follow-up scan
+    thinnest = min(site_profile("iowa").slice_choices("tiny"))
+    by_study = defaultdict(set)
+    for _, header in _headers(out / "iowa"):
+        by_study[(header.PatientID, header.StudyDate)].add(float(header.SliceThickness))
+    for pid, row in truth.items():
+        baseline = dt.date.fromisoformat(clinical[pid]["baseline_date"])
+        assert row["study_date"] == baseline.strftime("%Y%m%d")  # the truth's scan
+        days = int(clinical[pid]["time_days"])
+        if pid not in followed:
+            assert days <= 60 and row["n_studies"] in ("1", "2")
+            continue
+        follow_up = dt.datetime.strptime(row["follow_up_date"], "%Y%m%d").date()
+        assert 60 <= (follow_up - baseline).days < min(400, days)
+        assert by_study[(pid, row["follow_up_date"])] == {thinnest}
+    # the scans at time zero and the clinical rows are those written without the option
+    plain = tmp_path / "plain"
+    make_cohort(plain, {"iowa": 6}, seed=11, progress=False, workers=1)
+    assert (plain / "iowa" / "clinical.csv").read_bytes() == (
+        out / "iowa" / "clinical.csv"
+    ).read_bytes()
+    for pid in truth:
+        lung = f"_truth/iowa/{pid}_lung.nii.gz"
+        assert (plain / lung).read_bytes() == (out / lung).read_bytes()
+    assert json.loads((out / "_truth" / "cohort.json").read_text())["follow_up_scans"] == 1.0
+    assert "follow-up CT after baseline_date: up to 100%" in summary.format_text()
 
 
 def test_survfed_reader_reads_what_the_generator_wrote(cohort):
