@@ -418,10 +418,9 @@ def _choice_notes(
     if len({c.date for c in usable}) < 2:
         return []
     return [
-        f"CT studies of several days ({_dates(usable)}): the study of {day or 'no StudyDate'} "
-        "is used, as the most recent. A survival model wants the scan at time zero (from which "
-        "time_days counts), and a later scan may be a follow-up: give baseline_date or "
-        "series_uid in clinical.csv"
+        f"CT studies of several days ({_dates(usable)}): the newest, {day or 'undated'}, "
+        "is used, which may be a follow-up rather than the scan at time zero; give "
+        "baseline_date or series_uid in clinical.csv"
     ]
 
 

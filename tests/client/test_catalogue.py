@@ -324,7 +324,7 @@ def test_newest_study_then_thinnest_series_is_chosen(site: Path):
         "warning",
     )
     assert "CT studies of several days (2019-01-01, 2020-01-01, 2023-01-01)" in warning.reason
-    assert "the study of 2023-01-01 is used" in warning.reason
+    assert "the newest, 2023-01-01, is used, which may be a follow-up" in warning.reason
     assert "give baseline_date or series_uid in clinical.csv" in warning.reason
     p1 = catalogue.patients["P1"]
     assert p1.plan.spacing[0] == pytest.approx(2.0)
@@ -581,3 +581,26 @@ def test_series_exported_twice_gives_one_warning(site: Path):
     assert warning.severity == "warning" and warning.patient_id == "P2"
     assert warning.reason.startswith(f"{SHAPE[0]} duplicate files of the same images")
     assert _usable(catalogue) == list(PATIENTS)
+
+
+def test_scan_choice_notes(site: Path):
+    """P1 names a follow-up series and a baseline_date before it: the series named is used,
+    with a warning. P2's only series has no StudyDate: used, since nothing dated qualifies,
+    with a warning that it could not be checked."""
+    uids = _three_studies(site)
+    for path in series_files(site, "P2"):
+        edit(path, StudyDate="")
+    _add_column(site, "baseline_date", {"P1": "2020-03-15", "P2": "2020-03-15"})
+    _add_column(site, "series_uid", {"P1": uids["2021"]})
+    catalogue = catalogue_site(site)
+    assert _usable(catalogue) == list(PATIENTS)
+    assert catalogue.patients["P1"].series_instance_uid == uids["2021"]
+    notes = {p.patient_id: p for p in catalogue.problems}
+    assert set(notes) == {"P1", "P2"} and {p.severity for p in notes.values()} == {"warning"}
+    assert notes["P1"].reason.startswith(
+        "the series named by series_uid is from a study of 2021-06-01, after baseline_date "
+        "2020-03-15"
+    )
+    assert notes["P2"].reason.startswith(
+        "StudyDate is missing, so the series cannot be checked against baseline_date 2020-03-15"
+    )
