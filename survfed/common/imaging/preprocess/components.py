@@ -28,7 +28,7 @@ On the binarised volume (see :mod:`.binarize`):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -108,24 +108,42 @@ def _background_labels(
     return found
 
 
+class _Pass(NamedTuple):
+    """One pass of steps 1-4 (:func:`_analyse`).
+
+    Attributes:
+        labels: the 3D component labels.
+        kept: the labels kept as lung.
+        volumes: their volumes (L).
+        largest: the largest component's volume (L).
+        largest_inner: the largest inner one's (not connected to the outside air; L).
+        partial: an inner air component of at least ``_PARTIAL_L`` reaches the first or last
+            slice.
+        off_centre_mm: the smallest mean distance to the image centre among the components
+            of lung size dropped by the distance rule alone (None when there is none).
+    """
+
+    labels: Any
+    kept: list[int]
+    volumes: list[float]
+    largest: float
+    largest_inner: float
+    partial: bool
+    off_centre_mm: float | None = None
+
+
 def _analyse(
     air: Any,
     valid: np.ndarray | None,
     config: PreprocessConfig,
     backend: ArrayBackend,
-) -> tuple[Any, list[int], list[float], float, float, bool]:
-    """One pass of steps 1-4 on ``air``.
-
-    Returns:
-        labels, kept labels, their volumes (L), the largest component's volume (L), the largest
-        inner one's (not connected to the outside air; L), and whether an inner air component
-        of at least ``_PARTIAL_L`` reaches the first or last slice.
-    """
+) -> _Pass:
+    """One pass of steps 1-4 on ``air``."""
     xp, ndi = backend.xp, backend.ndi
     labels, n = ndi.label(air, structure=_structure(backend, 1))
     n = int(n)
     if n == 0:
-        return labels, [], [], 0.0, 0.0, False
+        return _Pass(labels, [], [], 0.0, 0.0, False)
     runs = label_runs(labels, backend)
     voxel_l = config.spacing_mm**3 / 1e6
     length = runs.length
@@ -145,7 +163,7 @@ def _analyse(
     partial = bool(np.any(ends & inner & (volumes >= _PARTIAL_L)))
     largest_inner = float(volumes[inner].max())
     if not candidates:
-        return labels, [], [], largest, largest_inner, partial
+        return _Pass(labels, [], [], largest, largest_inner, partial)
     # per candidate and slice: area and minimum distance to the slice centre, from the runs
     is_candidate = np.zeros(n + 1, dtype=bool)
     is_candidate[candidates] = True
@@ -165,13 +183,20 @@ def _analyse(
     area = np.bincount(group, weights=run_len) * config.spacing_mm**2
     min_dist = dist[first]
     group_label = key[first] // air.shape[0]
-    kept, kept_volumes = [], []
+    kept, kept_volumes, far = [], [], []
     for c in candidates:
         sel = (group_label == c) & (area > config.min_slice_area_mm2)
-        if sel.any() and float(min_dist[sel].mean()) < config.max_mean_distance_mm:
+        if not sel.any():
+            continue
+        mean_distance = float(min_dist[sel].mean())
+        if mean_distance < config.max_mean_distance_mm:
             kept.append(c)
             kept_volumes.append(float(volumes[c]))
-    return labels, kept, kept_volumes, largest, largest_inner, partial
+        else:
+            far.append(mean_distance)
+    return _Pass(
+        labels, kept, kept_volumes, largest, largest_inner, partial, min(far) if far else None
+    )
 
 
 def _fill_back(lungs: Any, air: Any, cut: int, backend: ArrayBackend) -> Any:
@@ -223,15 +248,18 @@ def select_lungs(
     max_cut = min(config.max_top_cut_vox, z - 3) // step * step
     largest_seen = 0.0
     partial_seen = False
+    off_centre: float | None = None
 
     def attempt(cut: int) -> tuple[Any, list[int], list[float], float]:
-        nonlocal largest_seen, partial_seen
-        labels, kept, volumes, largest, largest_inner, partial = _analyse(
+        nonlocal largest_seen, partial_seen, off_centre
+        found = _analyse(
             air[: z - cut], None if valid is None else valid[: z - cut], config, backend
         )
-        largest_seen = max(largest_seen, largest_inner)
-        partial_seen = partial_seen or (partial and cut == 0)
-        return labels, kept, volumes, largest
+        largest_seen = max(largest_seen, found.largest_inner)
+        partial_seen = partial_seen or (found.partial and cut == 0)
+        if found.off_centre_mm is not None:
+            off_centre = min(found.off_centre_mm, off_centre or found.off_centre_mm)
+        return found.labels, found.kept, found.volumes, found.largest
 
     found = None
     labels, kept, volumes, largest = attempt(0)
@@ -274,8 +302,12 @@ def select_lungs(
         f"centre (largest air component inside the body {largest_seen:.2f} L"
         + (f", top slices removed up to {cut * config.spacing_mm:.0f} mm)" if cut > 0 else ")")
         + (
-            "; air inside the body reaches the first or last slice: the scan may cover only "
-            "part of the chest"
+            f"; air of lung size lies {off_centre:.0f} mm from the image centre on average (the "
+            f"limit is {config.max_mean_distance_mm:g} mm): is the patient far off the centre "
+            "of the field of view?"
+            if off_centre is not None
+            else "; air inside the body reaches the first or last slice: the scan may cover "
+            "only part of the chest"
             if partial_seen
             else ""
         )

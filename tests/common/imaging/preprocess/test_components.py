@@ -72,9 +72,17 @@ def test_no_lungs_is_a_clear_error(chest) -> None:
 def test_component_far_from_the_centre_is_dropped() -> None:
     air = np.zeros((40, 200, 200), dtype=bool)
     air[:, 90:110, 20:60] = True  # 40 slices x 800 px x (2.5 mm)^3 = 0.5 L: too small
-    air[:, 70:130, 140:190] = True  # 1.9 L, 7500 mm² slices, centre 65 mm off the middle
-    with pytest.raises(PreprocessError, match=r"largest air component inside the body 1\.88 L"):
+    air[:, 70:130, 140:190] = True  # 1.9 L, 7500 mm² slices, centre 164 mm off the middle
+    with pytest.raises(
+        PreprocessError, match=r"largest air component inside the body 1\.88 L"
+    ) as info:
         select_lungs(air, CONFIG)
+    # the distance rule alone dropped it: its nearest voxel is 40.5 voxels (101 mm) from the
+    # middle on every slice
+    assert str(info.value).endswith(
+        "; air of lung size lies 101 mm from the image centre on average (the limit is 62 mm): "
+        "is the patient far off the centre of the field of view?"
+    )
     air[:, 70:130, 100:150] = True  # now touching the centre: kept
     assert select_lungs(air, CONFIG).n_components == 1
 

@@ -191,6 +191,26 @@ def test_a_field_of_view_too_small_for_the_chest_is_named(scans_1mm) -> None:
         preprocess_volume(narrow, PreprocessConfig(), device="cpu")
 
 
+def test_a_patient_off_the_centre_of_the_field_of_view(scans_1mm) -> None:
+    """``lung2`` with 200 mm of air added on the right and in front (a 522 mm field of view,
+    the patient 100 mm off its centre in x and in y, 141 mm in all, as a miscentred planning
+    CT): the same lungs as the whole scan, no warning. The paper's distance rule (62 mm) is met
+    by the lungs' medial edges."""
+    volume, whole = scans_1mm["REAL-2"]
+    n = round(200.0 / volume.spacing[2])
+    array = np.pad(volume.array, ((0, 0), (n, 0), (n, 0)), constant_values=-1024.0)
+    moved = Volume(
+        array, volume.spacing, tuple(volume.voxel_to_patient((0, -n, -n))), volume.direction
+    )
+    scan = preprocess_volume(moved, PreprocessConfig(), device="cpu")
+    assert scan.warnings == ()
+    for side in (1, 2):  # equal but for the 1 mm grid's sub-voxel shift (6 of 2.2 M voxels)
+        assert np.count_nonzero(scan.lung_labels == side) == pytest.approx(
+            np.count_nonzero(whole.lung_labels == side), rel=1e-4
+        )
+    np.testing.assert_allclose(scan.origin_mm, whole.origin_mm, atol=0.5)  # the same crop
+
+
 def _slices(volume: Volume, k0: int, k1: int) -> Volume:
     return Volume(
         np.ascontiguousarray(volume.array[k0:k1]),
