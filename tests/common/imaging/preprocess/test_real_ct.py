@@ -195,20 +195,22 @@ def test_a_patient_off_the_centre_of_the_field_of_view(scans_1mm) -> None:
     """``lung2`` with 200 mm of air added on the right and in front (a 522 mm field of view,
     the patient 100 mm off its centre in x and in y, 141 mm in all, as a miscentred planning
     CT): the same lungs as the whole scan, no warning. The paper's distance rule (62 mm) is met
-    by the lungs' medial edges."""
-    volume, whole = scans_1mm["REAL-2"]
+    by the lungs' medial edges. (On the 2.5 mm grid, which the rule does not depend on.)"""
+    volume, _ = scans_1mm["REAL-2"]
+    config = PreprocessConfig(spacing_mm=2.5)
+    whole = preprocess_volume(volume, config, device="cpu")
     n = round(200.0 / volume.spacing[2])
     array = np.pad(volume.array, ((0, 0), (n, 0), (n, 0)), constant_values=-1024.0)
-    moved = Volume(
-        array, volume.spacing, tuple(volume.voxel_to_patient((0, -n, -n))), volume.direction
+    origin = tuple(volume.voxel_to_patient((0, -n, -n)))
+    scan = preprocess_volume(
+        Volume(array, volume.spacing, origin, volume.direction), config, device="cpu"
     )
-    scan = preprocess_volume(moved, PreprocessConfig(), device="cpu")
     assert scan.warnings == ()
-    for side in (1, 2):  # equal but for the 1 mm grid's sub-voxel shift (6 of 2.2 M voxels)
+    for side in (1, 2):  # equal but for the grid's sub-voxel shift
         assert np.count_nonzero(scan.lung_labels == side) == pytest.approx(
-            np.count_nonzero(whole.lung_labels == side), rel=1e-4
+            np.count_nonzero(whole.lung_labels == side), rel=2e-3
         )
-    np.testing.assert_allclose(scan.origin_mm, whole.origin_mm, atol=0.5)  # the same crop
+    np.testing.assert_allclose(scan.origin_mm, whole.origin_mm, atol=1.3)  # the same crop
 
 
 def _slices(volume: Volume, k0: int, k1: int) -> Volume:
