@@ -7,7 +7,9 @@ prints a markdown table: slices, MB on disk, MB of HU voxels, seconds per series
 
 A second table times the catalogue's header scan (``read_headers``, no header cache) per file,
 on one thread, on eight, and as chosen automatically, with the files in the page cache ("warm")
-and after dropping them from it with ``posix_fadvise`` ("cold": read from the disk again).
+and after dropping them from it with ``posix_fadvise`` ("cold": read from the disk again); and,
+warm, on 2 and on all cores' worker processes (``processes``; the file list is repeated up to
+2,000 files, since processes are started only from ``PROCESS_MIN_FILES``).
 
     python benchmarks/dicom_read.py [--out DIR] [--repeats 3] [--sites iowa:1,maastro:1,stanford:1]
 """
@@ -25,7 +27,7 @@ import pydicom
 import SimpleITK as sitk
 
 from survfed.client.catalogue import catalogue_site
-from survfed.client.header_cache import DEFAULT_THREADS, read_headers
+from survfed.client.header_cache import DEFAULT_THREADS, PROCESS_MIN_FILES, read_headers
 from survfed.common.synth.cohort import make_cohort, parse_sites
 
 
@@ -62,6 +64,13 @@ def _header_scan_rows(files: list[Path]) -> list[tuple[str, str, float]]:
             start = time.perf_counter()
             read_headers(files, threads=threads)
             rows.append((state, label, (time.perf_counter() - start) / len(files) * 1e3))
+    many = files * -(-max(2000, PROCESS_MIN_FILES) // len(files))
+    read_headers(files, threads=1)  # into the page cache
+    for processes in sorted({2, os.cpu_count() or 2}):
+        start = time.perf_counter()
+        read_headers(many, threads=1, processes=processes)
+        elapsed = (time.perf_counter() - start) / len(many) * 1e3
+        rows.append(("warm", f"{processes} processes ({len(many)} files)", elapsed))
     return rows
 
 
@@ -126,7 +135,7 @@ def main() -> None:
     print()
     print(f"header scan of {len(files)} files (`read_headers`, no header cache):")
     print()
-    print("| page cache | threads | ms per file |")
+    print("| page cache | threads or processes | ms per file |")
     print("|---|---|---:|")
     for state, label, ms in _header_scan_rows(files):
         print(f"| {state} | {label} | {ms:.2f} |")

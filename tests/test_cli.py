@@ -79,9 +79,11 @@ def test_follow_up_scans_and_the_baseline_scan(tmp_path: Path) -> None:
     assert made.returncode == 0, made.stderr
     site = out / "iowa"
     truth = {r["patient_id"]: r for r in _csv_rows(out / "_truth" / "iowa" / "truth.csv")}
-    listing = tmp_path / "series.csv"
-    res = _run(_script("survfed"), "inspect", str(site), "--json", "--series", str(listing))
+    listing, cache = tmp_path / "series.csv", tmp_path / "cache"
+    inspect = [_script("survfed"), "inspect", str(site), "--json", "--series", str(listing)]
+    res = _run(*inspect, "--cache", str(cache), "--workers", "2")
     assert res.returncode == 0, res.stderr
+    assert (cache / "dicom-headers.sqlite").is_file()
     report = json.loads(res.stdout)
     assert report["usable"] == 6 and report["problems"] == []
     rows = _csv_rows(listing)
@@ -113,7 +115,7 @@ def test_follow_up_scans_and_the_baseline_scan(tmp_path: Path) -> None:
         "\n".join(",".join(v for i, v in enumerate(line.split(",")) if i != column)
                   for line in [header, *lines]) + "\n"
     )  # fmt: skip
-    res = _run(_script("survfed"), "inspect", str(site), "--json", "--series", str(listing))
+    res = _run(*inspect, "--cache", str(cache))  # the headers from the cache
     assert res.returncode == 0, res.stderr
     warned = {p["patient_id"] for p in json.loads(res.stdout)["problems"]}
     several = {pid for pid, t in truth.items() if int(t["n_studies"]) > 1}
@@ -124,6 +126,12 @@ def test_follow_up_scans_and_the_baseline_scan(tmp_path: Path) -> None:
         if r["status"] == "chosen"
     }
     assert all(chosen_dates[pid] == truth[pid]["follow_up_date"] for pid in several)
+
+
+def test_inspect_refuses_bad_workers(tmp_path: Path) -> None:
+    res = _run(_script("survfed"), "inspect", str(tmp_path), "--workers", "0")
+    assert res.returncode == 2
+    assert res.stderr.strip() == "survfed inspect: --workers must be at least 1, got 0"
 
 
 def test_inspect_not_a_site(tmp_path: Path) -> None:

@@ -305,6 +305,7 @@ def _scan(
     progress: bool,
     problems: list[Problem],
     header_cache: Path | None,
+    workers: int,
 ) -> dict[str, list[DicomHeader]]:
     bar = None
     if progress and files:
@@ -315,6 +316,7 @@ def _scan(
         results = read_headers(
             files,
             cache=header_cache,
+            processes=workers,
             on_file=(lambda: bar.update(1)) if bar else None,
             warn=lambda message: problems.append(
                 Problem(None, str(header_cache), message, "warning")
@@ -536,7 +538,11 @@ def _summary(candidate: _Candidate, patient_id: str, modality: str, status: str)
 
 
 def catalogue_site(
-    site_dir: Path, *, progress: bool = False, header_cache: Path | None = None
+    site_dir: Path,
+    *,
+    progress: bool = False,
+    header_cache: Path | None = None,
+    workers: int = 1,
 ) -> SiteCatalogue:
     """Scan a site folder and build its catalogue.
 
@@ -546,6 +552,9 @@ def catalogue_site(
         header_cache: the DICOM header cache to use and update (``<site cache>/``
             :data:`~survfed.client.header_cache.CACHE_FILE`), so that unchanged files are not
             read again; ``None`` reads every header.
+        workers: processes allowed for reading the headers not in the cache (used from
+            :data:`~survfed.client.header_cache.PROCESS_MIN_FILES` files on; see
+            :func:`~survfed.client.header_cache.read_headers`).
 
     Returns:
         The :class:`SiteCatalogue`.
@@ -576,7 +585,7 @@ def catalogue_site(
             problems.append(Problem(None, "dicom", "dicom/ folder holds no files"))
     else:
         problems.append(Problem(None, "dicom", "dicom/ folder not found; no images"))
-    by_series = _scan(site_dir, files, progress, problems, header_cache)
+    by_series = _scan(site_dir, files, progress, problems, header_cache, workers)
 
     series: list[SeriesSummary] = []
     candidates: dict[str, list[_Candidate]] = defaultdict(list)

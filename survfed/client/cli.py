@@ -67,7 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip the lung preprocessing for the detector (federations without a detector: "
         "no detector rounds and no detector-init)",
     )
-    parser.add_argument("--workers", type=int, default=1, help="preprocessing worker processes")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes for reading DICOM headers and for preprocessing (default 1)",
+    )
     parser.add_argument("--device", default="auto", help="preprocessing device: auto, cpu, cuda")
     parser.add_argument("--runtime-port", type=int, default=9094, help="local port (127.0.0.1)")
     parser.add_argument("--check", action="store_true", help="only check the site data and exit")
@@ -116,7 +121,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     headers = (args.cache or Path("survfed-cache")).resolve() / args.site / CACHE_FILE
     try:
-        catalogue = catalogue_site(args.data, progress=not args.json, header_cache=headers)
+        catalogue = catalogue_site(
+            args.data, progress=not args.json, header_cache=headers, workers=args.workers
+        )
         report = inspect_site(args.data, catalogue=catalogue)
     except NotASiteError as exc:
         print(f"survfed-client: site {args.site}: {exc}", file=sys.stderr)

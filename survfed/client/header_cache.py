@@ -1,4 +1,4 @@
-"""Read a site's DICOM headers on a thread pool, keeping them between runs.
+"""Read a site's DICOM headers on a thread or process pool, keeping them between runs.
 
 Cataloguing a site reads one header per file: a few milliseconds each from a local disk, tens
 from a network share, so a site of 1,000 patients × 300 slices spends many minutes before every
@@ -8,7 +8,8 @@ run just to learn what it already knew. :func:`read_headers` therefore
   blocked on storage (a network share, a cold disk), the rest is read on several threads so the
   waits overlap; when the files come fast (a local SSD, the page cache) the time is Python's own
   parsing, threads only queue for the interpreter lock (measured: about twice as slow), and the
-  rest is read one by one;
+  rest is read one by one, or on worker processes when the caller allows several
+  (``processes``) and there are enough files to pay for starting them;
 * keeps what it read in an SQLite file in the site's cache (``dicom-headers.sqlite``), keyed by
   each file's absolute path, size and modification time (nanoseconds), as ``make`` and
   ``rsync`` decide that a file changed. A file whose size or time changed is read again; a file
@@ -28,12 +29,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import multiprocessing
 import os
 import sqlite3
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 from survfed.common.imaging.dicom_read import DicomHeader, DicomReadError, read_header
@@ -64,6 +66,14 @@ PROBE_FILES = 32
 BLOCKED_FRACTION = 0.5
 """Threads are used when the probe spent more than this share of its time blocked (not running
 and not waiting for a core)."""
+
+PROCESS_MIN_FILES = 1000
+"""Files left after the probe from which worker processes are started (when allowed): a
+worker takes about 0.4 s to start (spawn, importing pydicom), about 500 headers' time."""
+
+PROCESS_CHUNK_FILES = (32, 512)
+"""Files per task sent to a worker (at least, at most): about eight tasks per worker, so the
+progress bar moves and a slow worker does not hold the others up."""
 
 
 def _encode(header: DicomHeader) -> str:
@@ -197,11 +207,42 @@ def _run_queue_s() -> float:
         return 0.0
 
 
+def _read_chunk(paths: list[Path]) -> list[DicomHeader | DicomReadError]:
+    """A worker process's task: the headers of ``paths``, in order."""
+    out: list[DicomHeader | DicomReadError] = []
+    for path in paths:
+        try:
+            out.append(read_header(path))
+        except DicomReadError as exc:
+            out.append(exc)
+    return out
+
+
+def _read_on_processes(
+    paths: list[Path], processes: int, on_file: Callable[[], object] | None
+) -> list[DicomHeader | DicomReadError]:
+    """:func:`_read_chunk` over ``paths`` on ``processes`` spawned workers, in order."""
+    lo, hi = PROCESS_CHUNK_FILES
+    size = max(lo, min(hi, len(paths) // (8 * processes) or lo))
+    chunks = [paths[i : i + size] for i in range(0, len(paths), size)]
+    results: list[list[DicomHeader | DicomReadError]] = [[] for _ in chunks]
+    context = multiprocessing.get_context("spawn")  # as the preprocessing workers
+    with ProcessPoolExecutor(max_workers=processes, mp_context=context) as pool:
+        futures = {pool.submit(_read_chunk, chunk): k for k, chunk in enumerate(chunks)}
+        for future in as_completed(futures):
+            results[futures[future]] = future.result()
+            if on_file:
+                for _ in results[futures[future]]:
+                    on_file()
+    return [header for chunk in results for header in chunk]
+
+
 def read_headers(
     files: Sequence[Path],
     *,
     cache: Path | None = None,
     threads: int | None = None,
+    processes: int = 1,
     on_file: Callable[[], object] | None = None,
     warn: Callable[[str], object] | None = None,
 ) -> list[DicomHeader | DicomReadError]:
@@ -213,6 +254,11 @@ def read_headers(
         threads: files read at once (at least 1); ``None`` (default) decides from the first
             :data:`PROBE_FILES` files: :data:`DEFAULT_THREADS` when reading them was mostly
             waiting on storage, else one.
+        processes: worker processes allowed (at least 1). With more than one, when reading
+            is on one thread (``threads`` 1, given or decided), the files are read on that
+            many spawned processes instead, if at least :data:`PROCESS_MIN_FILES` are left
+            (after the probe); called from a script, that script needs an
+            ``if __name__ == "__main__":`` guard.
         on_file: called once per file done (a progress bar's update).
         warn: receives the message when the cache is rebuilt or cannot be used (default:
             :func:`warnings.warn`).
@@ -223,6 +269,8 @@ def read_headers(
     """
     if threads is not None and threads < 1:
         raise ValueError(f"threads must be at least 1, got {threads}")
+    if processes < 1:
+        raise ValueError(f"processes must be at least 1, got {processes}")
     if warn is None:
 
         def warn(message: str) -> None:
@@ -273,7 +321,9 @@ def read_headers(
                 results = [one(item) for item in probe]
             threads = DEFAULT_THREADS if clock.blocked_fraction > BLOCKED_FRACTION else 1
         rest = todo[len(results) :]
-        if threads == 1 or len(rest) <= 1:
+        if threads == 1 and processes > 1 and len(rest) >= PROCESS_MIN_FILES:
+            results += _read_on_processes([files[item[0]] for item in rest], processes, on_file)
+        elif threads == 1 or len(rest) <= 1:
             results += [one(item) for item in rest]
         else:
             with ThreadPoolExecutor(max_workers=threads) as pool:

@@ -188,6 +188,8 @@ def inspect_site(
     deep: bool = False,
     progress: bool = False,
     catalogue: SiteCatalogue | None = None,
+    header_cache: Path | None = None,
+    workers: int = 1,
 ) -> SiteReport:
     """Catalogue a site and summarise it.
 
@@ -196,6 +198,9 @@ def inspect_site(
         deep: also decode every chosen series' pixels (catches corrupt compressed data; slow).
         progress: show progress bars.
         catalogue: the site's catalogue when the caller already made it (not scanned again).
+        header_cache: the DICOM header cache to use and update (see :func:`catalogue_site`);
+            None reads every file.
+        workers: processes allowed for reading headers (see :func:`catalogue_site`).
 
     Returns:
         The :class:`SiteReport`.
@@ -205,7 +210,9 @@ def inspect_site(
     """
     site_dir = Path(site_dir)
     if catalogue is None:
-        catalogue = catalogue_site(site_dir, progress=progress)
+        catalogue = catalogue_site(
+            site_dir, progress=progress, header_cache=header_cache, workers=workers
+        )
     if deep:
         patients = catalogue.usable_patients
         if progress:

@@ -33,16 +33,44 @@ def register(sub: argparse._SubParsersAction) -> None:
             "series_uid column; holds identifiers: keep it at the site"
         ),
     )
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help=(
+            "use and update the DICOM header cache of the site cache folder DIR (e.g. "
+            "./survfed-cache/<site folder name>, where survfed preprocess and survfed-client "
+            "keep it), so that files already read are not read again (default: read every file)"
+        ),
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="worker processes for reading DICOM headers (default 1)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from survfed.client.catalogue import NotASiteError
+    from survfed.client.header_cache import CACHE_FILE
     from survfed.client.site_report import inspect_site, write_series_csv
 
+    if args.workers < 1:
+        print(f"survfed inspect: --workers must be at least 1, got {args.workers}", file=sys.stderr)
+        return 2
     try:
-        report = inspect_site(args.site_dir, deep=args.deep, progress=not (args.quiet or args.json))
+        report = inspect_site(
+            args.site_dir,
+            deep=args.deep,
+            progress=not (args.quiet or args.json),
+            header_cache=None if args.cache is None else args.cache / CACHE_FILE,
+            workers=args.workers,
+        )
     except NotASiteError as exc:
         print(f"survfed inspect: {exc}", file=sys.stderr)
         return 2

@@ -41,7 +41,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="auto",
         help="where to run: auto = CUDA when available, else the CPU (default auto)",
     )
-    parser.add_argument("--workers", type=int, default=1, metavar="N", help="worker processes")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="worker processes for reading DICOM headers and for preprocessing (default 1)",
+    )
     parser.add_argument(
         "--spacing", type=float, default=1.0, metavar="MM", help="isotropic voxel size (1 mm)"
     )
@@ -117,7 +123,9 @@ def run(args: argparse.Namespace) -> int:
         return _fail(f"{site_dir} is not a site: no such folder")
     quiet = args.quiet or args.json
     try:
-        catalogue = catalogue_site(site_dir, progress=not quiet, header_cache=cache / CACHE_FILE)
+        catalogue = catalogue_site(
+            site_dir, progress=not quiet, header_cache=cache / CACHE_FILE, workers=args.workers
+        )
     except NotASiteError as exc:
         return _fail(str(exc))
     site_problems = catalogue.problems  # before preprocessing adds its own failures

@@ -200,3 +200,35 @@ def test_the_catalogue_lists_a_broken_cache_as_a_warning(site, tmp_path):
     notes = [p for p in catalogue.problems if p.path == str(cache)]
     assert [(n.severity, "rebuilding" in n.reason) for n in notes] == [("warning", True)]
     assert len(catalogue.usable_patients) == 3
+
+
+def test_files_that_come_fast_can_be_read_on_processes(site, monkeypatch, reads):
+    """``processes=2`` on one thread: the same headers and errors in the same order, every
+    file counted once, and none read in this process (the workers read them)."""
+    monkeypatch.setattr(hc, "PROCESS_MIN_FILES", 10)
+    (site / "dicom" / "junk.txt").write_text("not DICOM")
+    files = _files(site)
+    done: list[int] = []
+    got = hc.read_headers(files, threads=1, processes=2, on_file=lambda: done.append(1))
+    assert reads == [] and len(done) == len(files)
+    for path, header in zip(files, got, strict=True):
+        if path.name == "junk.txt":
+            assert isinstance(header, DicomReadError) and header.path == path
+            assert "not a DICOM file" in header.reason
+        else:
+            assert header == read_header(path)
+    serial = hc.read_headers(files, threads=1)
+    assert [h.reason if isinstance(h, DicomReadError) else h for h in got] == [
+        h.reason if isinstance(h, DicomReadError) else h for h in serial
+    ]
+    with pytest.raises(ValueError, match="processes must be at least 1"):
+        hc.read_headers(files[:1], processes=0)
+
+
+def test_the_catalogue_reads_on_worker_processes(site, tmp_path, monkeypatch):
+    monkeypatch.setattr(hc, "PROCESS_MIN_FILES", 10)
+    cache = tmp_path / hc.CACHE_FILE
+    assert _summary(catalogue_site(site, header_cache=cache, workers=2)) == _summary(
+        catalogue_site(site)
+    )
+    assert cache.is_file()  # what the workers read is cached
