@@ -488,6 +488,8 @@ def _choose(
                     if pinned
                     else f"; using series {chosen.uid} instead"
                     if chosen
+                    else f"; no other CT series qualifies ({next(iter(excluded.values()))})"
+                    if excluded
                     else "; no other CT series"
                 )
                 problems.append(

@@ -604,3 +604,19 @@ def test_scan_choice_notes(site: Path):
     assert notes["P2"].reason.startswith(
         "StudyDate is missing, so the series cannot be checked against baseline_date 2020-03-15"
     )
+
+
+def test_an_unusable_baseline_scan_is_not_replaced_by_a_follow_up(site: Path):
+    """P1's only study up to its baseline_date is broken: the follow-up is not used instead."""
+    uids = _three_studies(site)
+    shutil.rmtree(site / "dicom" / "P1" / "prior")
+    series_files(site, "P1")[4].unlink()  # make_site's 2020 series
+    _add_column(site, "baseline_date", {"P1": "2020-01-01"})
+    catalogue = catalogue_site(site)
+    errors = _errors(catalogue)
+    assert [(p.patient_id, p.path) for p in errors][1] == ("P1", "clinical.csv:2")
+    assert errors[0].reason.startswith(f"CT series {uids['2020']} unusable: missing slice(s)")
+    assert errors[0].reason.endswith(
+        "; no other CT series qualifies (study of 2021-06-01 is after baseline_date 2020-01-01)"
+    )
+    assert len(errors) == 2 and _usable(catalogue) == ["P2", "P3"]
