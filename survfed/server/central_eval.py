@@ -3,7 +3,8 @@
 The coordinator holds the held-out cohorts (site folders it may read); after every round the
 global weights are scored on each of them with the survival issue's evaluation
 (:func:`~survfed.common.survival.evaluation.evaluate_predictions`: whole-cohort metrics with
-bootstrap intervals, plus the oracle C-index when the cohort's ``_truth/`` is present).
+bootstrap intervals, plus the oracle C-index when the cohort's ``_truth/`` is present). The
+final report of a cohort also lists each patient's prediction (:func:`write_predictions`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import csv
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -19,13 +21,15 @@ import torch
 from survfed.client.crop_cache import ANNOTATIONS, CropDataset
 from survfed.client.site_data import load_site_data
 from survfed.common.config import TrainConfig, resolve_device
-from survfed.common.survival.baseline import BaselineHazard
+from survfed.common.survival.baseline import BaselineHazard, survival_curves
 from survfed.common.survival.evaluation import EvaluationResult, evaluate_predictions
 from survfed.common.survival.model import CropSurvivalModel, ModelConfig
-from survfed.common.survival.plots import write_report
+from survfed.common.survival.plots import risk_groups, write_report
 from survfed.common.survival.train import predict_outputs
 
 __all__ = [
+    "PREDICTION_HORIZONS_DAYS",
+    "CohortScores",
     "HeldOutCohort",
     "evaluate_state",
     "load_held_out",
@@ -33,7 +37,15 @@ __all__ = [
     "score_cohort",
     "summary_row",
     "write_cohort_report",
+    "write_predictions",
 ]
+
+PREDICTION_HORIZONS_DAYS = (365, 730, 1095, 1826)
+"""Horizons (days: 1, 2, 3 and 5 years) of the survival probabilities in ``predictions.csv``.
+Those past the baseline hazard's last rise (the training sites' last event) are left out: the
+baseline is flat from there on, which says nothing about later deaths."""
+
+_RISK_GROUPS = ("low", "intermediate", "high")
 
 
 def read_truth_log_hazard(cohort_dir: Path, patient_ids: list[str]) -> np.ndarray | None:
@@ -102,6 +114,21 @@ def load_held_out(
     return cohorts
 
 
+class CohortScores(NamedTuple):
+    """One cohort scored by one model (:func:`score_cohort`).
+
+    Attributes:
+        result: the whole-cohort metrics.
+        log_hz: ``(n,)`` predicted log-hazards, in the dataset's patient order.
+        cancer_probability: ``(n,)`` predicted cancer probability (the sigmoid of the log-hazard
+            with the two-task head, of the case classifier's logit with the noisy-OR head).
+    """
+
+    result: EvaluationResult
+    log_hz: np.ndarray
+    cancer_probability: np.ndarray
+
+
 def evaluate_state(
     state_dict: Mapping[str, torch.Tensor],
     cohorts: Sequence[HeldOutCohort],
@@ -110,8 +137,8 @@ def evaluate_state(
     n_bootstrap: int,
     seed: int = 0,
     baseline: BaselineHazard | None = None,
-) -> dict[str, tuple[EvaluationResult, np.ndarray]]:
-    """Score the weights on every cohort: name -> (metrics, predicted log-hazards ``(n,)``)."""
+) -> dict[str, CohortScores]:
+    """Score the weights on every cohort: name -> its :class:`CohortScores`."""
     device = resolve_device(config.device)
     model = config.model.build_model()
     model.load_state_dict(dict(state_dict))
@@ -132,10 +159,10 @@ def score_cohort(
     n_bootstrap: int,
     seed: int = 0,
     baseline: BaselineHazard | None = None,
-) -> tuple[EvaluationResult, np.ndarray]:
+) -> CohortScores:
     """Predict every patient of ``cohort`` once and compute the whole-cohort metrics.
 
-    ``model`` must already be on ``device``. Returns the metrics and the log-hazards ``(n,)``.
+    ``model`` must already be on ``device``.
     """
     ds = cohort.dataset
     g, cancer_logit = predict_outputs(model, ds, device=device, batch_size=32)
@@ -150,23 +177,23 @@ def score_cohort(
         seed=seed,
         cancer_score=None if model.cancer_head == "two-task" else cancer_logit,
     )
-    return result, g
+    return CohortScores(result, g, 1.0 / (1.0 + np.exp(-np.clip(cancer_logit, -500, 500))))
 
 
 def write_cohort_report(
     cohort: HeldOutCohort,
-    result: EvaluationResult,
-    g: np.ndarray,
+    scores: CohortScores,
     report_dir: Path,
     *,
     baseline: BaselineHazard | None,
     title: str,
 ) -> Path:
-    """Write the report folder (JSON, markdown, plots) of one scored cohort."""
+    """Write the report folder (JSON, markdown, plots, ``predictions.csv``) of one scored
+    cohort."""
     ds = cohort.dataset
     write_report(
-        result,
-        g,
+        scores.result,
+        scores.log_hz,
         ds.times,
         ds.events,
         report_dir,
@@ -174,7 +201,62 @@ def write_cohort_report(
         baseline=baseline,
         title=title,
     )
+    write_predictions(cohort, scores, Path(report_dir) / "predictions.csv", baseline=baseline)
     return report_dir
+
+
+def write_predictions(
+    cohort: HeldOutCohort,
+    scores: CohortScores,
+    path: Path,
+    *,
+    baseline: BaselineHazard | None,
+) -> Path:
+    """One row per patient of the cohort: outcome, prediction, risk group, survival.
+
+    Columns: ``patient_id``, ``time_days``, ``event``, ``cancer`` (empty when unknown),
+    ``log_hazard``, ``risk_group`` (``low`` / ``intermediate`` / ``high``: the cohort's
+    tertiles of the log-hazard, the groups of the report's Kaplan-Meier plot),
+    ``cancer_probability``, ``survival_<d>d`` for each horizon of
+    :data:`PREDICTION_HORIZONS_DAYS` up to the baseline hazard's last rise (only with a
+    baseline; ``S(t) = exp(-H0(t) exp(log_hazard))``) and ``oracle_log_hazard`` when the
+    cohort's truth is known. The file names patients: it belongs with the cohort's data, at the
+    coordinator.
+    """
+    ds = cohort.dataset
+    g = np.asarray(scores.log_hz, dtype=np.float64)
+    groups = risk_groups(g, 3) if g.size else np.zeros(0, dtype=np.int64)
+    labels = _RISK_GROUPS if groups.size and groups.max() == 2 else None
+    horizons = []
+    if baseline is not None and np.any(np.diff(baseline.cumhaz) > 0):
+        last_rise = float(baseline.edges[1:][np.diff(baseline.cumhaz) > 0][-1])
+        horizons = [d for d in PREDICTION_HORIZONS_DAYS if d <= last_rise]
+    survival = survival_curves(baseline, g, horizons) if horizons and g.size else None
+    header = ["patient_id", "time_days", "event", "cancer", "log_hazard", "risk_group"]
+    header += ["cancer_probability", *(f"survival_{d}d" for d in horizons)]
+    if cohort.oracle is not None:
+        header.append("oracle_log_hazard")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        for i, pid in enumerate(ds.patient_ids):
+            cancer = float(ds.cancer[i])
+            row: list[object] = [
+                pid,
+                f"{float(ds.times[i]):g}",
+                int(ds.events[i]),
+                "" if np.isnan(cancer) else int(cancer),
+                f"{g[i]:.6g}",
+                labels[groups[i]] if labels else str(int(groups[i]) + 1),
+                f"{float(scores.cancer_probability[i]):.6g}",
+            ]
+            if survival is not None:
+                row += [f"{float(v):.6g}" for v in survival[i]]
+            if cohort.oracle is not None:
+                row.append(f"{float(cohort.oracle[i]):.6g}")
+            writer.writerow(row)
+    return path
 
 
 def summary_row(result: EvaluationResult, prefix: str = "") -> dict[str, float | None]:

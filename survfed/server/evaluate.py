@@ -168,7 +168,7 @@ def evaluate_run(
         [cohort_dir], cache, model_config, progress=progress, source=source,
         centres_by_cohort=centres,
     )  # fmt: skip
-    result, g = score_cohort(
+    scores = score_cohort(
         model.to(device),
         cohort,
         device=device,
@@ -179,10 +179,9 @@ def evaluate_run(
     report_dir = Path(out_dir) if out_dir is not None else run.path / f"eval-{cohort.name}"
     write_cohort_report(
         cohort,
-        result,
-        g,
+        scores,
         report_dir,
         baseline=baseline,
         title=f"survfed evaluation: {run.path.name} on {cohort.name}",
     )
-    return CohortEvaluation(cohort.name, result, report_dir, len(cohort.dataset.excluded))
+    return CohortEvaluation(cohort.name, scores.result, report_dir, len(cohort.dataset.excluded))

@@ -216,8 +216,8 @@ def run_federated_training(
             state, cohorts, fed.train, n_bootstrap=fed.bootstrap_per_round, seed=fed.train.seed
         )
         row: dict[str, Any] = {}
-        for i, (name, (result, _)) in enumerate(results.items()):
-            row.update(summary_row(result, "" if i == 0 else f"{name}/"))
+        for i, (name, scores) in enumerate(results.items()):
+            row.update(summary_row(scores.result, "" if i == 0 else f"{name}/"))
         return row
 
     survival = run_rounds(
@@ -259,16 +259,15 @@ def run_federated_training(
     )
     evaluations = {}
     for cohort in cohorts:
-        result, g = final[cohort.name]
+        scores = final[cohort.name]
         report_dir = write_cohort_report(
             cohort,
-            result,
-            g,
+            scores,
             run.path / f"eval-{cohort.name}",
             baseline=baseline,
             title=f"survfed federated model ({run.path.name}) on {cohort.name}",
         )
-        evaluations[cohort.name] = {**result.to_dict(), "report": str(report_dir)}
+        evaluations[cohort.name] = {**scores.result.to_dict(), "report": str(report_dir)}
     history, site_history = survival.history, survival.site_history
     sites = sorted({k.split("/")[0] for r in site_history for k in r if "/" in k})
     plots = _write_report(run, history, site_history, sites) if history else []

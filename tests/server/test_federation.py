@@ -219,6 +219,8 @@ def _check_run_folder(run_dir: Path, node_ids: dict[str, int]) -> None:
     assert (run_dir / "report" / "heldout_metrics_per_round.png").is_file()
     final = summary["evaluations"]["stanford"]
     assert final["n"] == 6 and "oracle_c_index" in final
+    with (run_dir / "eval-stanford" / "predictions.csv").open() as fh:  # the held-out patients
+        assert len(list(csv.DictReader(fh))) == 6
 
     # every reply the sites sent: only arrays (the model's own tensors) + whitelisted scalars
     names = set(model.state_dict())
