@@ -86,6 +86,7 @@ def test_follow_up_scans_and_the_baseline_scan(tmp_path: Path) -> None:
     assert (cache / "dicom-headers.sqlite").is_file()
     report = json.loads(res.stdout)
     assert report["usable"] == 6 and report["problems"] == []
+    assert report["baseline_scan"] == {"baseline_date": 6}
     rows = _csv_rows(listing)
     assert list(rows[0]) == [
         "patient_id", "study_date", "study_time", "series_uid", "description", "files",
@@ -117,7 +118,9 @@ def test_follow_up_scans_and_the_baseline_scan(tmp_path: Path) -> None:
     )  # fmt: skip
     res = _run(*inspect, "--cache", str(cache))  # the headers from the cache
     assert res.returncode == 0, res.stderr
-    warned = {p["patient_id"] for p in json.loads(res.stdout)["problems"]}
+    report = json.loads(res.stdout)
+    assert report["baseline_scan"] == {"newest study": 6}
+    warned = {p["patient_id"] for p in report["problems"]}
     several = {pid for pid, t in truth.items() if int(t["n_studies"]) > 1}
     assert warned == several and len(warned) == 5  # the 5 followed patients
     chosen_dates = {

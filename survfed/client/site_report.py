@@ -14,8 +14,12 @@ from survfed.client.catalogue import (
     SiteDataError,
     catalogue_site,
 )
+from survfed.client.clinical import ClinicalRow
 
-__all__ = ["SERIES_COLUMNS", "SiteReport", "inspect_site", "write_series_csv"]
+__all__ = ["SCAN_RULES", "SERIES_COLUMNS", "SiteReport", "inspect_site", "write_series_csv"]
+
+SCAN_RULES = ("series_uid", "baseline_date", "newest study")
+"""How a patient's CT series was chosen (``docs/site-data.md``, "Which scan: the baseline")."""
 
 SERIES_COLUMNS = (
     "patient_id",
@@ -43,6 +47,8 @@ class SiteReport:
     Counts are over *usable* patients (valid clinical row and usable CT series) except
     ``patients`` (every patient seen in clinical.csv or DICOM) and ``series`` (every series
     found). Spacing ranges are ``[min, max]`` in mm over the usable patients' chosen series.
+    ``baseline_scan`` counts the usable patients by how their series was chosen
+    (:data:`SCAN_RULES`).
     """
 
     site: str
@@ -61,6 +67,7 @@ class SiteReport:
     pixel_spacing_mm: list[float] | None
     problems: tuple[Problem, ...] = field(default_factory=tuple)
     deep: bool = False
+    baseline_scan: dict[str, int] = field(default_factory=dict)
     series_list: tuple[SeriesSummary, ...] = field(default_factory=tuple)  # not in to_dict
 
     @property
@@ -86,6 +93,7 @@ class SiteReport:
             "slice_spacing_mm": self.slice_spacing_mm,
             "pixel_spacing_mm": self.pixel_spacing_mm,
             "deep": self.deep,
+            "baseline_scan": dict(self.baseline_scan),
             "problems": [p.to_dict() for p in self.problems],
         }
 
@@ -107,6 +115,7 @@ class SiteReport:
             ("annotated (nodules)", f"{self.annotated} ({self.nodules})"),
             ("slice spacing", spacing(self.slice_spacing_mm)),
             ("pixel spacing", spacing(self.pixel_spacing_mm)),
+            ("scan chosen by", ", ".join(f"{k} {v}" for k, v in self.baseline_scan.items()) or "-"),
             ("pixels decoded", "yes" if self.deep else "no (use --deep)"),
         ]
         width = max(len(name) for name, _ in rows)
@@ -124,6 +133,16 @@ class SiteReport:
                     f"  {problem.severity.upper():7} {who:<12} {problem.path}: {problem.reason}"
                 )
         return "\n".join(lines)
+
+
+def _scan_choice(rows: list[ClinicalRow]) -> dict[str, int]:
+    """How the usable patients' CT was chosen: ``series_uid``, ``baseline_date`` (both from
+    clinical.csv) or ``newest study`` (neither given); only the rules used, in that order."""
+    rules = [
+        "series_uid" if r.series_uid else "baseline_date" if r.baseline_date else "newest study"
+        for r in rows
+    ]
+    return {rule: rules.count(rule) for rule in SCAN_RULES if rule in rules}
 
 
 def _report(catalogue: SiteCatalogue, site: str, deep: bool) -> SiteReport:
@@ -148,6 +167,7 @@ def _report(catalogue: SiteCatalogue, site: str, deep: bool) -> SiteReport:
         pixel_spacing_mm=_range(pixel),
         problems=tuple(catalogue.problems),
         deep=deep,
+        baseline_scan=_scan_choice(rows),
         series_list=tuple(catalogue.series),
     )
 

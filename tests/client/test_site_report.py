@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 from pydicom.uid import JPEGLSLossless
-from site_factory import SHAPE, make_site, series_files, sphere_center, sphere_volume, write_series
+from site_factory import (
+    SHAPE,
+    make_site,
+    series_files,
+    series_meta,
+    sphere_center,
+    sphere_volume,
+    write_series,
+)
 
 from survfed.client.catalogue import NotASiteError
 from survfed.client.site_report import inspect_site
@@ -27,6 +35,8 @@ def test_clean_site_summary(tmp_path: Path):
     assert data["problems"] == []
     text = report.format_text()
     assert "usable patients      4" in text and "no problems found" in text
+    assert data["baseline_scan"] == {"newest study": 4}
+    assert "scan chosen by       newest study 4" in text
 
 
 def test_problems_are_listed_with_site_relative_paths(tmp_path: Path):
@@ -85,3 +95,19 @@ def test_no_usable_patient(tmp_path: Path):
 def test_not_a_site(tmp_path: Path):
     with pytest.raises(NotASiteError):
         inspect_site(tmp_path)
+
+
+def test_the_report_counts_how_each_scan_was_chosen(tmp_path: Path):
+    site = make_site(tmp_path / "s", ("A", "B", "C", "D"))
+    uid_b = series_meta("B", "ct").series_instance_uid
+    path = site / "clinical.csv"
+    header, *rows = path.read_text().splitlines()
+    extra = {"A": "2020-01-01,", "B": f",{uid_b}", "C": "2020-06-01,", "D": ","}
+    rows = [f"{row},{extra[row.split(',')[0]]}" for row in rows]
+    path.write_text("\n".join([f"{header},baseline_date,series_uid", *rows]) + "\n")
+    report = inspect_site(site)
+    assert report.problems == ()
+    assert report.baseline_scan == {"series_uid": 1, "baseline_date": 2, "newest study": 1}
+    assert "scan chosen by       series_uid 1, baseline_date 2, newest study 1" in (
+        report.format_text()
+    )
