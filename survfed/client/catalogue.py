@@ -264,6 +264,11 @@ class _Candidate:
         return parse_date(self.datetime[:8])
 
     @property
+    def day(self) -> str:
+        """:attr:`date` as ``YYYY-MM-DD``, or "no StudyDate"."""
+        return self.date.isoformat() if self.date else "no StudyDate"
+
+    @property
     def spacing(self) -> float:
         if self.plan is not None:
             return self.plan.spacing[0]
@@ -346,16 +351,13 @@ def _scan(
 
 
 def _dates(candidates: list[_Candidate]) -> str:
-    days = sorted({c.date.isoformat() if c.date else "no StudyDate" for c in candidates})
-    return ", ".join(days)
+    return ", ".join(sorted({c.day for c in candidates}))
 
 
 def _pin_missing(pinned: str, candidates: list[_Candidate], owners: dict[str, str]) -> str:
     """Why the series named by ``series_uid`` is not among the patient's CT candidates."""
     where = owners.get(pinned, "no series with that UID was found under dicom/")
-    listed = ", ".join(
-        f"{c.uid} ({c.date.isoformat() if c.date else 'no StudyDate'})" for c in candidates
-    )
+    listed = ", ".join(f"{c.uid} ({c.day})" for c in candidates)
     return f"series_uid {pinned} is not one of this patient's CT series ({where})" + (
         f"; its CT series: {listed}" if listed else ""
     )
@@ -380,7 +382,7 @@ def _exclusions(
         return {}, None
     baseline = row.baseline_date.isoformat()
     excluded = {
-        c.uid: f"study of {c.date.isoformat()} is after baseline_date {baseline}"
+        c.uid: f"study of {c.day} is after baseline_date {baseline}"
         for c in candidates
         if c.date is not None and c.date > row.baseline_date
     }
@@ -398,29 +400,28 @@ def _choice_notes(
     """Warnings about which scan was taken as the baseline (empty when nothing to say)."""
     if row is None:
         return []
-    day = chosen.date.isoformat() if chosen.date else None
-    if row.series_uid and row.baseline_date is not None and chosen.date is not None:
-        if chosen.date > row.baseline_date:
+    baseline = row.baseline_date
+    if row.series_uid:
+        if baseline is not None and chosen.date is not None and chosen.date > baseline:
             return [
-                f"the series named by series_uid is from a study of {day}, after baseline_date "
-                f"{row.baseline_date.isoformat()}; clinical.csv contradicts itself (the series "
-                "named is used)"
+                f"the series named by series_uid is from a study of {chosen.day}, after "
+                f"baseline_date {baseline.isoformat()}; clinical.csv contradicts itself (the "
+                "series named is used)"
             ]
         return []
-    if row.series_uid:
-        return []
-    if row.baseline_date is not None:
+    if baseline is not None:
         if chosen.date is None:
             return [
                 f"StudyDate is missing, so the series cannot be checked against baseline_date "
-                f"{row.baseline_date.isoformat()}; used anyway (no dated study qualifies)"
+                f"{baseline.isoformat()}; used anyway (no dated study qualifies)"
             ]
         return []
     usable = [c for c in candidates if c.plan is not None]
     if len({c.date for c in usable}) < 2:
         return []
     return [
-        f"CT studies of several days ({_dates(usable)}): the newest, {day or 'undated'}, "
+        f"CT studies of several days ({_dates(usable)}): the newest, "
+        f"{chosen.date.isoformat() if chosen.date else 'undated'}, "
         "is used, which may be a follow-up rather than the scan at time zero; give "
         "baseline_date or series_uid in clinical.csv"
     ]

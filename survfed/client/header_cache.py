@@ -207,15 +207,17 @@ def _run_queue_s() -> float:
         return 0.0
 
 
+def _read_one(path: Path) -> DicomHeader | DicomReadError:
+    """The file's header, or the error saying why it cannot be read."""
+    try:
+        return read_header(path)
+    except DicomReadError as exc:
+        return exc
+
+
 def _read_chunk(paths: list[Path]) -> list[DicomHeader | DicomReadError]:
     """A worker process's task: the headers of ``paths``, in order."""
-    out: list[DicomHeader | DicomReadError] = []
-    for path in paths:
-        try:
-            out.append(read_header(path))
-        except DicomReadError as exc:
-            out.append(exc)
-    return out
+    return [_read_one(path) for path in paths]
 
 
 def _read_on_processes(
@@ -305,9 +307,7 @@ def read_headers(
 
     def one(item: tuple[int, str, int, int]) -> DicomHeader | DicomReadError:
         try:
-            return read_header(files[item[0]])
-        except DicomReadError as exc:
-            return exc
+            return _read_one(files[item[0]])
         finally:
             if on_file:
                 on_file()

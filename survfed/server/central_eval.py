@@ -17,6 +17,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+from scipy.special import expit
 
 from survfed.client.crop_cache import ANNOTATIONS, CropDataset
 from survfed.client.site_data import load_site_data
@@ -177,7 +178,7 @@ def score_cohort(
         seed=seed,
         cancer_score=None if model.cancer_head == "two-task" else cancer_logit,
     )
-    return CohortScores(result, g, 1.0 / (1.0 + np.exp(-np.clip(cancer_logit, -500, 500))))
+    return CohortScores(result, g, expit(cancer_logit))
 
 
 def write_cohort_report(

@@ -258,7 +258,7 @@ def select_lungs(
         largest_seen = max(largest_seen, found.largest_inner)
         partial_seen = partial_seen or (found.partial and cut == 0)
         if found.off_centre_mm is not None:
-            off_centre = min(found.off_centre_mm, off_centre or found.off_centre_mm)
+            off_centre = min(found.off_centre_mm, off_centre or np.inf)
         return found.labels, found.kept, found.volumes, found.largest
 
     found = None
