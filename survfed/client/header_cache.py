@@ -29,16 +29,16 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import multiprocessing
 import os
 import sqlite3
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 from survfed.common.imaging.dicom_read import DicomHeader, DicomReadError, read_header
+from survfed.common.worker_pool import worker_pool
 
 __all__ = ["CACHE_FILE", "CACHE_VERSION", "read_headers"]
 
@@ -228,8 +228,7 @@ def _read_on_processes(
     size = max(lo, min(hi, len(paths) // (8 * processes) or lo))
     chunks = [paths[i : i + size] for i in range(0, len(paths), size)]
     results: list[list[DicomHeader | DicomReadError]] = [[] for _ in chunks]
-    context = multiprocessing.get_context("spawn")  # as the preprocessing workers
-    with ProcessPoolExecutor(max_workers=processes, mp_context=context) as pool:
+    with worker_pool(processes) as pool:
         futures = {pool.submit(_read_chunk, chunk): k for k, chunk in enumerate(chunks)}
         for future in as_completed(futures):
             results[futures[future]] = future.result()

@@ -29,7 +29,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +51,7 @@ from survfed.common.imaging.preprocess.annotations import (
     annotation_warnings,
 )
 from survfed.common.imaging.preprocess.export import export_nifti
+from survfed.common.worker_pool import worker_pool
 
 __all__ = [
     "CACHE_SUBDIR",
@@ -445,10 +446,7 @@ def preprocess_site(
         for task in _progress(tasks, len(tasks), progress, desc):
             outcomes.append(_run_task(task))
     else:
-        import multiprocessing
-
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=n_workers, mp_context=context) as pool:
+        with worker_pool(n_workers) as pool:
             futures = [pool.submit(_run_task, task) for task in tasks]
             for future in _progress(as_completed(futures), len(futures), progress, desc):
                 outcomes.append(future.result())
